@@ -1,0 +1,106 @@
+"""The composition root: the only module that wires node/, ai/ and viewer_api/ together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from node.assembly import StudyAssembler
+from node.bridge import LoopBridge
+from node.events import EventBus
+from node.fsutil import free_bytes, make_dirs
+from node.ingest import Ingest
+from node.jobs.store import JobStore
+from node.scp import StorageSCP
+from node.settings import Settings
+from node.spool import Spool
+from viewer_api.app import init_app
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """One running Segnode: SCP, ingest, job store, web API. `start()` then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.store: JobStore | None = None
+        self.scp: StorageSCP | None = None
+        self.bus = EventBus()
+
+    async def start(self) -> None:
+        s = self.settings
+        data = s.node.data_path
+        make_dirs(data)
+        self.store = await JobStore.open(s.store_url)
+        self.spool = Spool(data / "spool", s.dicom.min_free_disk_mb * 2**20)
+        self.assembler = StudyAssembler(s.dicom.study_quiet_period_s)
+        self.ingest = Ingest(self.store, self.spool, self.assembler, s.rules, self.bus)
+        await self.ingest.recover()
+        self._tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
+
+        self._runner = web.AppRunner(init_app(self.store, self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.http.host, s.http.port)
+        await site.start()
+
+        bridge = LoopBridge(asyncio.get_running_loop(), s.dicom.record_timeout_s)
+        self.scp = StorageSCP(s.dicom, self.spool, functools.partial(bridge.call, self.ingest.record))
+        await asyncio.to_thread(self.scp.start)
+        logger.info("segnode ready: DICOM %s on port %d, HTTP http://%s:%d, data in %s", s.dicom.ae_title,
+                    self.scp.port, s.http.host, self.http_port, data)
+
+    @property
+    def http_port(self) -> int:
+        assert self._runner is not None
+        for addr in self._runner.addresses:
+            return int(addr[1])
+        raise RuntimeError("HTTP server is not listening")
+
+    async def stop(self) -> None:
+        """Stop accepting associations, let in-flight stores finish, then close everything."""
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)      # the loop keeps running so in-flight records commit
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
+        logger.info("segnode stopped")
+
+    async def health(self) -> dict[str, Any]:
+        assert self.store is not None
+        counts = await self.store.counts_by_state()
+        free = free_bytes(self.spool.root)
+        disk_ok = free >= self.spool.min_free_bytes
+        scp_ok = self.scp is not None and self.scp._server is not None
+        return {
+            "ok": bool(disk_ok and scp_ok),
+            "dicom": {"listening": scp_ok, "ae_title": self.settings.dicom.ae_title,
+                      "port": self.scp.port if scp_ok and self.scp else None},
+            "disk": {"free_bytes": free, "floor_bytes": self.spool.min_free_bytes, "ok": disk_ok},
+            "jobs": counts,
+            "queue_depth": counts.get("queued", 0),
+            "instances_received": self.ingest.instances_received,
+        }
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    node = Node(settings)
+    try:
+        await node.start()
+        await stop.wait()
+        logger.info("stop requested: closing the DICOM port, finishing in-flight work")
+    finally:
+        await node.stop()

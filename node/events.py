@@ -1,0 +1,63 @@
+"""In-process fan-out of job events. The store is the truth; this is only the doorbell."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from node.jobs.store import JobEvent
+
+logger = logging.getLogger(__name__)
+
+
+class Subscription:
+    """A bounded queue per subscriber: a slow reader overflows itself, never the publisher."""
+
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
+        self._bus = bus
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, event: JobEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subs: set[Subscription] = set()
+        self._doorbells: list[asyncio.Event] = []
+
+    def subscribe(self, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(self, maxsize)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def doorbell(self) -> asyncio.Event:
+        """An Event set whenever something is published (workers wait on it)."""
+        bell = asyncio.Event()
+        self._doorbells.append(bell)
+        return bell
+
+    def publish(self, events: Iterable[JobEvent]) -> None:
+        for e in events:
+            logger.info("job %s: %s %s", e.job_id, e.state, e.detail)
+            for sub in list(self._subs):
+                sub.offer(e)
+        for bell in self._doorbells:
+            bell.set()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)

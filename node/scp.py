@@ -1,0 +1,158 @@
+"""The DICOM Storage SCP: checks, a durable spool write, a store row, then the status (in that order)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from io import BytesIO
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, dataset_mismatch, store_response
+from node.errors import InvalidUID, SpoolFull
+from node.jobs.store import InstanceRecord, RecordOutcome
+from node.settings import DicomSettings
+from node.spool import Spool
+from node.uids import InstanceUIDs, check_uid
+
+logger = logging.getLogger(__name__)
+
+Recorder = Callable[[InstanceRecord], RecordOutcome]
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    """pynetdicom never sets TCP_NODELAY; without it each DIMSE round trip waits ~40 ms for a delayed ACK."""
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def on_conn_open(event: Event) -> None:
+    dul_socket = getattr(event.assoc.dul, "socket", None)
+    set_nodelay(getattr(dul_socket, "socket", None))
+
+
+def _text(ds: object, keyword: str, limit: int) -> str:
+    value = getattr(ds, keyword, "")
+    return str(value if value is not None else "")[:limit]
+
+
+class StorageSCP:
+    """Verification + Storage SCP. `record` is a blocking call that commits the instance row."""
+
+    def __init__(self, settings: DicomSettings, spool: Spool, record: Recorder) -> None:
+        self.settings = settings
+        self._spool = spool
+        self._record = record
+        self._server: ThreadedAssociationServer | None = None
+        self._stopping = threading.Event()
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.add_supported_context(Verification)
+        for sop_class_uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class_uid, TRANSFER_SYNTAXES)
+        ae.require_calling_aet = list(s.allowed_calling_aes)
+        ae.require_called_aet = s.require_called_ae
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_bytes
+        ae.acse_timeout = s.acse_timeout_s
+        ae.dimse_timeout = s.dimse_timeout_s
+        ae.network_timeout = s.network_timeout_s
+        return ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("SCP is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [(evt.EVT_CONN_OPEN, on_conn_open), (evt.EVT_C_ECHO, self.handle_echo),
+                    (evt.EVT_C_STORE, self.handle_store)]
+        self._server = self.ae.start_server((self.settings.bind_address, self.settings.port), block=False,
+                                            evt_handlers=handlers)
+        logger.info("DICOM SCP %s listening on %s:%d", self.settings.ae_title, self.settings.bind_address,
+                    self.port)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let in-flight associations finish up to the grace period, then abort the rest."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        server, self._server = self._server, None
+        server.shutdown()        # no new associations from here on
+        deadline = time.monotonic() + (self.settings.shutdown_grace_s if grace_s is None else grace_s)
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in server.active_associations:
+            logger.warning("shutdown: aborting association from %s after the grace period",
+                           assoc.requestor.ae_title)
+            assoc.abort()
+        logger.info("DICOM SCP stopped")
+
+    # -- handlers (association threads) --------------------------------------------------------
+    def handle_echo(self, event: Event) -> int:
+        return 0x0000
+
+    def handle_store(self, event: Event) -> object:
+        """EVT_C_STORE: check, make durable, record, and only then answer Success."""
+        calling_ae = event.assoc.requestor.ae_title
+        sop_class_uid = str(event.context.abstract_syntax)
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            ds = dcmread(BytesIO(data), defer_size=4096)
+        except Exception as exc:                     # edge: an undecodable dataset becomes a status
+            logger.warning("C-STORE from %s refused: cannot decode dataset (%s)", calling_ae, type(exc).__name__)
+            return store_response(StoreStatus.CANNOT_UNDERSTAND, "cannot decode the dataset")
+        try:
+            uids = InstanceUIDs.from_dataset(ds)
+            if uids.sop_instance_uid != check_uid(event.request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID"):
+                raise InvalidUID("SOPInstanceUID differs from the C-STORE request")
+        except InvalidUID as exc:
+            logger.warning("C-STORE from %s refused: %s", calling_ae, exc)
+            return store_response(StoreStatus.CANNOT_UNDERSTAND, str(exc))
+        except Exception as exc:
+            logger.warning("C-STORE from %s refused: unreadable UIDs (%s)", calling_ae, type(exc).__name__)
+            return store_response(StoreStatus.CANNOT_UNDERSTAND, "cannot read study/series/SOP UIDs")
+        try:
+            mismatch = dataset_mismatch(ds, sop_class_uid)
+        except Exception as exc:
+            mismatch = f"unreadable header ({type(exc).__name__})"
+        if mismatch:
+            logger.warning("C-STORE %s from %s refused: %s", uids.sop_instance_uid, calling_ae, mismatch)
+            return store_response(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
+        if self._stopping.is_set():
+            return store_response(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
+        try:
+            written = self._spool.write_instance(uids, data)
+        except SpoolFull as exc:
+            logger.error("C-STORE %s from %s refused: %s", uids.sop_instance_uid, calling_ae, exc)
+            return store_response(StoreStatus.OUT_OF_RESOURCES, "out of disk space on the receiving node")
+        except OSError as exc:
+            logger.error("C-STORE %s: spool write failed: %s", uids.sop_instance_uid, exc.strerror)
+            return store_response(StoreStatus.OUT_OF_RESOURCES, "spool not writable on the receiving node")
+        record = InstanceRecord(
+            sop_instance_uid=uids.sop_instance_uid, study_instance_uid=uids.study_instance_uid,
+            series_instance_uid=uids.series_instance_uid, sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=transfer_syntax, path=str(written.path), size=written.size,
+            calling_ae=calling_ae, modality=_text(ds, "Modality", 16),
+            body_part_examined=_text(ds, "BodyPartExamined", 64),
+            series_description=_text(ds, "SeriesDescription", 64))
+        try:
+            outcome = self._record(record)
+        except Exception:                              # edge: the file is safe, but unrecorded: no Success
+            logger.exception("C-STORE %s: could not record the instance", uids.sop_instance_uid)
+            return store_response(StoreStatus.OUT_OF_RESOURCES, "job store unavailable; send again later")
+        if outcome.duplicate or written.duplicate:
+            logger.debug("C-STORE %s from %s: duplicate, first copy kept", uids.sop_instance_uid, calling_ae)
+        return store_response(StoreStatus.SUCCESS)

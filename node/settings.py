@@ -1,0 +1,271 @@
+"""Settings: `config/segnode.toml` defaults < `--config FILE` < `SEGNODE_<SECTION>__<KEY>` environment.
+
+Built once at start-up into frozen dataclasses and passed down; a bad value stops the node with one
+sentence naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+from node.routing import Rule
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "segnode.toml"
+ENV_PREFIX = "SEGNODE_"
+
+
+def _is_ae_title(value: str) -> bool:
+    return 1 <= len(value.strip()) <= 16 and value.isascii() and value.isprintable() and "\\" not in value
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    data_dir: str = "./data"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"[node] log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class DicomSettings:
+    ae_title: str = "SEGNODE"
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = ()
+    require_called_ae: bool = True
+    max_associations: int = 16
+    max_pdu_bytes: int = 1048576
+    min_free_disk_mb: int = 1024
+    study_quiet_period_s: float = 10.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 120.0
+    record_timeout_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not _is_ae_title(self.ae_title):
+            raise ConfigError(f"[dicom] ae_title must be 1-16 printable ASCII characters without '\\', got "
+                              f"{self.ae_title!r}; set it in the --config file or SEGNODE_DICOM__AE_TITLE")
+        for ae in self.allowed_calling_aes:
+            if not _is_ae_title(ae):
+                raise ConfigError(f"[dicom] allowed_calling_aes holds {ae!r}, which is not a valid AE title "
+                                  "(1-16 printable ASCII characters without '\\')")
+        _check_port("dicom", "port", self.port, allow_zero=True)
+        if not 1 <= self.max_associations <= 1000:
+            raise ConfigError(f"[dicom] max_associations must be 1-1000, got {self.max_associations}")
+        if self.max_pdu_bytes != 0 and not 4096 <= self.max_pdu_bytes <= 2**31 - 1:
+            raise ConfigError(f"[dicom] max_pdu_bytes must be 0 (unlimited) or 4096-2147483647, "
+                              f"got {self.max_pdu_bytes}")
+        if self.min_free_disk_mb < 0:
+            raise ConfigError(f"[dicom] min_free_disk_mb must be >= 0, got {self.min_free_disk_mb}")
+        for key in ("study_quiet_period_s", "acse_timeout_s", "dimse_timeout_s", "network_timeout_s",
+                    "record_timeout_s", "shutdown_grace_s"):
+            value = getattr(self, key)
+            if not 0 < value <= 86400:
+                raise ConfigError(f"[dicom] {key} must be a number of seconds in (0, 86400], got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        _check_port("http", "port", self.port, allow_zero=True)
+        if not self.host:
+            raise ConfigError("[http] host must not be empty (use 127.0.0.1 for loopback only)")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigError(f"[store] url must start with sqlite+aiosqlite:// or postgresql+asyncpg://, "
+                              f"got {_mask_url(self.url)!r}; leave it empty for the embedded SQLite store")
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeSettings:
+    backend: str = "local"
+    device: str = "auto"
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend not in {"local", "ray"}:
+            raise ConfigError(f"[compute] backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"[compute] device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"[compute] workers must be 1-64, got {self.workers}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.node.data_path / 'segnode.db'}"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets masked (for `segnode check-config`)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "rules":
+                out["rules"] = [r.describe() for r in value]
+            else:
+                out[f.name] = dataclasses.asdict(value)
+        out["store"]["url"] = _mask_url(self.store_url)
+        return out
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings, "dicom": DicomSettings, "http": HttpSettings,
+    "store": StoreSettings, "compute": ComputeSettings,
+}
+
+
+def _check_port(section: str, key: str, value: int, *, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise ConfigError(f"[{section}] {key} must be a TCP port {low}-65535, got {value}")
+
+
+def _mask_url(url: str) -> str:
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _coerce(section: str, key: str, hint: Any, value: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, or say what was expected."""
+    origin = typing.get_origin(hint)
+    where = f"[{section}] {key}"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.strip().lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",")]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(v for v in value if v)
+    if isinstance(hint, types.UnionType):
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")
+
+
+def _build_section(name: str, cls: type, raw: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(name, k, hints[k], v) for k, v in raw.items()})
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        section, key = section.lower(), key.lower()
+        if section not in _SECTIONS:
+            raise ConfigError(f"environment variable {name} names an unknown section [{section}]; "
+                              f"known sections: {', '.join(_SECTIONS)}")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None,
+                  defaults_file: Path = DEFAULTS_FILE) -> Settings:
+    """Read defaults, the optional config file and the environment; validate; return frozen Settings."""
+    raw = _read_toml(defaults_file) if defaults_file.exists() else {}
+    if config_file is not None:
+        override = _read_toml(config_file)
+        if "rules" in override:          # a config file's rules replace the defaults, they do not add to them
+            raw.pop("rules", None)
+        raw = _merge(raw, override)
+    raw = _merge(raw, _env_overrides(os.environ if env is None else env))
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"rules"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join([*_SECTIONS, 'rules'])}")
+    sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    rules_raw = raw.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ConfigError("rules must be a list of [[rules]] tables")
+    rules = tuple(Rule.from_mapping(r, index=i) for i, r in enumerate(rules_raw))
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"rule names must be unique, got {names}")
+    return Settings(rules=rules, **sections)

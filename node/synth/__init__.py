@@ -1,0 +1,1 @@
+"""Synthetic CT phantoms with known truth, for tests, benchmarks and demos (no patient data)."""

@@ -1,0 +1,10 @@
+"""Every application key in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from viewer_api.ports import HealthSource, JobQueries
+
+JOBS = web.AppKey("jobs", JobQueries)
+HEALTH = web.AppKey("health", HealthSource)
