@@ -26,7 +26,12 @@ def _serve(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:           # a port in use or a data folder we cannot write: one line, non-zero
+        print(f"segnode: cannot start: {exc.strerror or exc}"
+              f"{' (' + str(exc.filename) + ')' if getattr(exc, 'filename', None) else ''}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from node.app import Node
+from node.settings import Settings, load_settings
+from node.synth.phantom import Phantom, make_phantom
+from node.synth.series import SeriesIds, phantom_datasets, write_datasets
+
+
+@pytest.fixture(scope="session")
+def small_phantom() -> Phantom:
+    return make_phantom(slices=24, rows=64, seed=1)
+
+
+@pytest.fixture
+def ct_series(small_phantom: Phantom) -> list[Dataset]:
+    """A fresh 24-slice CT series (new UIDs each time)."""
+    return phantom_datasets(small_phantom, SeriesIds())
+
+
+@pytest.fixture
+def ct_files(tmp_path: Path, ct_series: list[Dataset]) -> list[Path]:
+    return write_datasets(tmp_path / "ct", ct_series)
+
+
+def node_settings(tmp_path: Path, **env: str) -> Settings:
+    base = {"SEGNODE_NODE__DATA_DIR": str(tmp_path / "data"), "SEGNODE_DICOM__PORT": "0",
+            "SEGNODE_HTTP__PORT": "0", "SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "0.5",
+            "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1", "SEGNODE_DICOM__BIND_ADDRESS": "127.0.0.1"}
+    base.update({f"SEGNODE_{k.upper()}": v for k, v in env.items()})
+    return load_settings(env=base)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    n = Node(node_settings(tmp_path))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()

@@ -1,0 +1,210 @@
+"""The Storage SCP against a real pynetdicom SCU on loopback: every answer checked from the sender's side."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
+
+from node.app import Node
+from node.dimse import StoreStatus
+from node.scp import on_conn_open
+from tests.conftest import node_settings
+from tests.helpers import async_wait_until
+
+NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
+
+
+def scu(calling: str = "SCANNER") -> AE:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for sop in (CTImageStorage, MRImageStorage, RTPlanStorage):
+        ae.add_requested_context(sop, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    return ae
+
+
+async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", called: str = "SEGNODE") -> list[Dataset]:
+    def run() -> list[Dataset]:
+        assoc = scu(calling).associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title=called)
+        assert assoc.is_established, "association was not accepted"
+        try:
+            return [assoc.send_c_store(ds) for ds in datasets]
+        finally:
+            assoc.release()
+    return await asyncio.to_thread(run)
+
+
+async def test_a_series_is_stored_recorded_and_becomes_a_queued_job(node: Node, ct_series: list[Dataset]) -> None:
+    statuses = await send(node, ct_series)
+    assert {s.Status for s in statuses} == {StoreStatus.SUCCESS}
+    spooled = sorted(node.spool.iter_instances())
+    assert len(spooled) == len(ct_series)
+    stored = dcmread(spooled[0])
+    assert stored.StudyInstanceUID == ct_series[0].StudyInstanceUID
+    assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+    async def queued():
+        return await node.store.list_jobs(state="queued")
+    jobs = await async_wait_until(queued, 10, "the study to be queued")
+    assert len(jobs) == 1 and jobs[0].instance_count == len(ct_series)
+    assert jobs[0].model == "ct-basic" and jobs[0].calling_ae == "SCANNER"
+
+
+async def test_a_resent_instance_is_acknowledged_and_kept_once(node: Node, ct_series: list[Dataset]) -> None:
+    statuses = await send(node, ct_series[:2] + ct_series[:2])
+    assert [s.Status for s in statuses] == [0, 0, 0, 0]
+    assert await node.store.instance_count() == 2
+    assert len(list(node.spool.iter_instances())) == 2
+
+
+def _with(ds: Dataset, **changes: object) -> Dataset:
+    out = copy.deepcopy(ds)
+    for k, v in changes.items():
+        if v is None:
+            delattr(out, k)
+        else:
+            setattr(out, k, v)
+    return out
+
+
+@pytest.mark.parametrize(("changes", "status", "comment"), [
+    ({"StudyInstanceUID": None}, StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID is missing"),
+    ({"SeriesInstanceUID": "1." + "9" * 70}, StoreStatus.CANNOT_UNDERSTAND, "SeriesInstanceUID is longer than 64"),
+    ({"StudyInstanceUID": "../../etc"}, StoreStatus.CANNOT_UNDERSTAND, "StudyInstanceUID has characters other"),
+    ({"SeriesInstanceUID": "1.2/3"}, StoreStatus.CANNOT_UNDERSTAND, "SeriesInstanceUID has characters other"),
+    ({"PixelData": None}, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "image without Pixel Data"),
+    ({"SOPClassUID": MRImageStorage}, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+     "SOPClassUID differs from the negotiated SOP class"),
+])
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning", "ignore:Invalid value for VR UI:UserWarning")
+async def test_bad_datasets_get_a_named_status_and_comment(node: Node, ct_series: list[Dataset], tmp_path: Path,
+                                                           changes: dict, status: StoreStatus, comment: str) -> None:
+    bad = _with(ct_series[0], **changes)
+    # The file meta keeps CT Image Storage, so pynetdicom sends the bytes, as they are, under the CT context.
+    path = tmp_path / "bad.dcm"
+    bad.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    bad.file_meta.MediaStorageSOPInstanceUID = ct_series[0].SOPInstanceUID
+    bad.preamble = b"\0" * 128
+    bad.save_as(path, enforce_file_format=False)
+    rsp = await send_file(node, path)
+    assert rsp.Status == status
+    assert comment in rsp.ErrorComment
+    assert list(node.spool.iter_instances()) == []
+    assert await node.store.instance_count() == 0
+
+
+@pytest.fixture(autouse=True)
+def stream_files_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make pynetdicom send a file's dataset bytes as they are, so a test can send what pydicom would not."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+async def send_file(node: Node, path: Path) -> Dataset:
+    def run() -> Dataset:
+        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        try:
+            return assoc.send_c_store(path)        # pynetdicom streams the file's dataset bytes undecoded
+        finally:
+            assoc.release()
+    return await asyncio.to_thread(run)
+
+
+async def test_undecodable_bytes_are_refused_with_cannot_understand(node: Node, ct_files: list[Path],
+                                                                    tmp_path: Path) -> None:
+    good = ct_files[0].read_bytes()
+    ds = dcmread(ct_files[0])
+    broken = tmp_path / "broken.dcm"
+    meta_end = good.index(b"\x08\x00\x05\x00")    # first dataset element after the file meta
+    broken.write_bytes(good[:meta_end] + b"\x08\x00\x16\x00UI\xff\xff" + b"garbage" * 10)
+
+    rsp = await send_file(node, broken)
+    assert rsp.Status in (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    assert rsp.ErrorComment
+    assert not (node.spool.root / ds.StudyInstanceUID).exists()
+
+
+async def test_disk_below_the_floor_answers_out_of_resources(tmp_path: Path, ct_series: list[Dataset]) -> None:
+    node = Node(node_settings(tmp_path, dicom__min_free_disk_mb=str(10**9)))
+    await node.start()
+    try:
+        rsp = (await send(node, ct_series[:1]))[0]
+    finally:
+        await node.stop()
+    assert rsp.Status == StoreStatus.OUT_OF_RESOURCES
+    assert "out of disk space" in rsp.ErrorComment
+
+
+async def test_an_sop_class_we_do_not_store_is_refused_at_negotiation(node: Node) -> None:
+    def run():
+        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        try:
+            return ({c.abstract_syntax for c in assoc.accepted_contexts},
+                    {c.abstract_syntax for c in assoc.rejected_contexts})
+        finally:
+            assoc.release()
+    accepted, rejected = await asyncio.to_thread(run)
+    assert CTImageStorage in accepted and Verification in accepted
+    assert RTPlanStorage in rejected
+
+
+async def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(tmp_path: Path) -> None:
+    node = Node(node_settings(tmp_path, dicom__allowed_calling_aes="SCANNER,PACS"))
+    await node.start()
+    try:
+        def outcome(calling: str, called: str) -> tuple[bool, bool]:
+            assoc = scu(calling).associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title=called)
+            established, rejected = assoc.is_established, assoc.is_rejected
+            if established:
+                assoc.release()
+            return established, rejected
+        assert await asyncio.to_thread(outcome, "PACS", "SEGNODE") == (True, False)
+        assert await asyncio.to_thread(outcome, "INTRUDER", "SEGNODE") == (False, True)
+        assert await asyncio.to_thread(outcome, "PACS", "SOMEONEELSE") == (False, True)
+    finally:
+        await node.stop()
+
+
+async def test_associations_beyond_the_cap_are_rejected(tmp_path: Path) -> None:
+    node = Node(node_settings(tmp_path, dicom__max_associations="2"))
+    await node.start()
+    try:
+        def run() -> list[bool]:
+            held = [scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE") for _ in range(2)]
+            extra = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+            result = [a.is_established for a in held] + [extra.is_established]
+            for a in held:
+                a.release()
+            return result
+        assert await asyncio.to_thread(run) == [True, True, False]
+    finally:
+        await node.stop()
+
+
+async def test_echo_answers_success(node: Node) -> None:
+    def run() -> int:
+        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        try:
+            return int(assoc.send_c_echo().Status)
+        finally:
+            assoc.release()
+    assert await asyncio.to_thread(run) == 0
+
+
+async def test_instances_of_two_studies_make_two_jobs(node: Node, ct_series: list[Dataset]) -> None:
+    other_study = generate_uid()
+    second = [_with(ds, StudyInstanceUID=other_study, SOPInstanceUID=generate_uid()) for ds in ct_series]
+    await send(node, ct_series + second)
+
+    async def queued():
+        jobs = await node.store.list_jobs(state="queued")
+        return jobs if len(jobs) == 2 else None
+    jobs = await async_wait_until(queued, 10, "two queued jobs")
+    assert {j.study_instance_uid for j in jobs} == {ct_series[0].StudyInstanceUID, other_study}

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from node.errors import InvalidTransition, JobNotFound
+from node.jobs.states import JobState
+from node.jobs.store import InstanceRecord, JobStore
+from node.routing import Rule, route
+
+
+def rec(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", modality: str = "CT") -> InstanceRecord:
+    return InstanceRecord(sop_instance_uid=sop, study_instance_uid=study, series_instance_uid=series,
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                          path=f"/spool/{sop}.dcm", size=10, calling_ae="SCANNER", modality=modality)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    yield s
+    await s.close()
+
+
+async def test_instances_of_a_study_gather_in_one_receiving_job(store: JobStore) -> None:
+    first = await store.record_instance(rec("1.1"))
+    second = await store.record_instance(rec("1.2"))
+    assert first.intake_id == second.intake_id
+    assert [e.state for e in first.events] == ["receiving"]
+    job = await store.get(first.intake_id)
+    assert (job.state, job.instance_count) == ("receiving", 2)
+
+
+async def test_a_resent_sop_instance_is_recorded_once(store: JobStore) -> None:
+    await store.record_instance(rec("1.1"))
+    again = await store.record_instance(rec("1.1"))
+    assert again.duplicate
+    assert await store.instance_count() == 1
+
+
+async def test_routing_queues_the_job_and_a_late_series_gets_its_own_job(store: JobStore) -> None:
+    intake = (await store.record_instance(rec("1.1"))).intake_id
+    series = await store.series_of_intake(intake)
+    events = await store.route_intake(intake, route(series, [Rule(name="ct", model="ct-basic")]), series)
+    assert [e.state for e in events] == ["queued"]
+    late = await store.record_instance(rec("2.1", series="1.2.3.5"))
+    assert late.intake_id != intake
+    assert (await store.get(intake)).instance_count == 1
+
+
+async def test_unrouted_study_is_ignored_with_the_reason(store: JobStore) -> None:
+    intake = (await store.record_instance(rec("1.1", modality="MR"))).intake_id
+    series = await store.series_of_intake(intake)
+    await store.route_intake(intake, route(series, [Rule(name="ct", model="m", modality=("CT",))]), series)
+    job = await store.get(intake)
+    assert job.state == "ignored"
+    assert "modality MR not in CT" in job.detail
+
+
+async def test_transitions_are_checked_and_every_change_is_an_event(store: JobStore) -> None:
+    intake = (await store.record_instance(rec("1.1"))).intake_id
+    with pytest.raises(InvalidTransition, match="is receiving; it cannot become done"):
+        await store.transition(intake, JobState.DONE)
+    await store.transition(intake, JobState.QUEUED, detail="ok")
+    claimed = await store.claim_next()
+    assert claimed is not None and claimed.id == intake and claimed.attempts == 1
+    assert await store.claim_next() is None
+    states = [e.state for e in await store.events(intake)]
+    assert states == ["receiving", "queued", "running"]
+    with pytest.raises(JobNotFound):
+        await store.transition("nope", JobState.QUEUED)
+
+
+async def test_running_jobs_are_requeued_after_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    s = await JobStore.open(url)
+    intake = (await s.record_instance(rec("1.1"))).intake_id
+    await s.transition(intake, JobState.QUEUED)
+    await s.claim_next()
+    await s.close()
+    s = await JobStore.open(url)
+    events = await s.requeue_interrupted()
+    assert [(e.job_id, e.state) for e in events] == [(intake, "queued")]
+    await s.close()
+
+
+async def test_event_seq_is_strictly_increasing_for_replay(store: JobStore) -> None:
+    for i in range(5):
+        await store.record_instance(rec(f"1.{i}", study=f"9.{i}"))
+    seqs = [e.seq for e in await store.events()]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert [e.seq for e in await store.events(since=seqs[2])] == seqs[3:]

@@ -1,0 +1,54 @@
+import pytest
+
+from node.assembly import StudyAssembler
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+def test_study_is_stable_only_after_the_quiet_period() -> None:
+    clock = FakeClock()
+    a = StudyAssembler(quiet_period_s=30, now=clock)
+    a.instance_received("s1")
+    clock.advance(29.9)
+    assert a.pop_stable() == []
+    clock.advance(0.2)
+    assert a.pop_stable() == ["s1"]
+    assert a.pop_stable() == []
+
+
+def test_a_new_instance_restarts_the_quiet_period() -> None:
+    clock = FakeClock()
+    a = StudyAssembler(quiet_period_s=10, now=clock)
+    a.instance_received("s1")
+    clock.advance(8)
+    a.instance_received("s1")
+    clock.advance(8)
+    assert a.pop_stable() == []
+    assert a.next_deadline() == pytest.approx(2)
+    clock.advance(2)
+    assert a.pop_stable() == ["s1"]
+
+
+def test_stable_studies_come_oldest_first_and_deadline_tracks_the_oldest() -> None:
+    clock = FakeClock()
+    a = StudyAssembler(quiet_period_s=5, now=clock)
+    assert a.next_deadline() is None
+    a.instance_received("late")
+    clock.advance(1)
+    a.instance_received("later")
+    clock.advance(10)
+    assert a.pop_stable() == ["late", "later"]
+
+
+def test_quiet_period_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        StudyAssembler(quiet_period_s=0)
