@@ -177,7 +177,8 @@ async def test_associations_beyond_the_cap_are_rejected(tmp_path: Path) -> None:
     await node.start()
     try:
         def run() -> list[bool]:
-            held = [scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE") for _ in range(2)]
+            held = [scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+                    for _ in range(2)]
             extra = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
             result = [a.is_established for a in held] + [extra.is_established]
             for a in held:

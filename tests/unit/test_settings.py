@@ -61,7 +61,7 @@ def test_rules_in_a_config_file_replace_the_default_rules(tmp_path: Path) -> Non
 def test_a_bad_rule_is_refused_with_its_name(tmp_path: Path) -> None:
     cfg = tmp_path / "rules.toml"
     cfg.write_text('[[rules]]\nname = "broken"\nmodel = "m"\nmatch = { series_description = "(" }\n')
-    with pytest.raises(ConfigError, match="'broken' match.series_description is not a valid regex"):
+    with pytest.raises(ConfigError, match=r"'broken' match\.series_description is not a valid regex"):
         load_settings(cfg, env={})
 
 

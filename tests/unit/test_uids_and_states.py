@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from pydicom.dataset import Dataset
 
@@ -30,7 +32,7 @@ def test_instance_uids_name_the_missing_attribute() -> None:
 
 def test_state_machine_follows_the_design() -> None:
     chain = [JobState.RECEIVING, JobState.QUEUED, JobState.RUNNING, JobState.SENDING, JobState.DONE]
-    assert all(can_move(a, b) for a, b in zip(chain, chain[1:], strict=False))
+    assert all(can_move(a, b) for a, b in itertools.pairwise(chain))
     assert can_move("failed", "queued")
     assert not can_move("done", "queued")
     assert not can_move("queued", "done")
