@@ -31,10 +31,9 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 30) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
