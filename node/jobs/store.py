@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from node.errors import InvalidTransition, JobNotFound
 from node.jobs.models import Base, Instance, Job, JobEventRow, utcnow
@@ -104,6 +107,17 @@ class RecordOutcome:
     events: tuple[JobEvent, ...] = field(default=())
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL survives a process crash; after a power cut the spool files (fsynced before
+    # the row) are reconciled into the store at start-up.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -114,16 +128,22 @@ class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
-        # SQLite has one writer; taking turns here avoids "database is locked" when two deferred
-        # transactions both try to upgrade to writers. PostgreSQL needs no such lock.
-        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # Writers take turns: SQLite has one writer anyway (and two deferred transactions upgrading at
+        # once fail with "database is locked"), and the intake cache below is only right if they do.
+        self._write_lock = asyncio.Lock()
+        self._pending: list[tuple[InstanceRecord, asyncio.Future[RecordOutcome]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._ingest_engine: Engine | None = None
+        self._next_intakes: dict[str, str] = {}
+        self._intakes: dict[str, str] = {}       # study UID -> its receiving job; kept by this store only
+
+    @asynccontextmanager
+    async def _write_guard(self) -> AsyncIterator[None]:
+        async with self._write_lock:
+            yield
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
-        if self._write_lock is None:
-            async with self._session() as s, s.begin():
-                yield s
-            return
         async with self._write_lock, self._session() as s, s.begin():
             yield s
 
@@ -131,21 +151,19 @@ class JobStore:
     async def open(cls, url: str) -> JobStore:
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
-            @event.listens_for(engine.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                # NORMAL in WAL survives a process crash; after a power cut the spool files (fsynced
-                # before the row) are reconciled into the store at start-up.
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=10000")
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.close()
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
-        return cls(engine)
+        store = cls(engine)
+        if engine.dialect.name == "sqlite":
+            store._ingest_engine = create_engine(engine.url.set(drivername="sqlite"), poolclass=StaticPool,
+                                                 connect_args={"check_same_thread": False})
+            event.listen(store._ingest_engine, "connect", _sqlite_pragmas)
+        return store
 
     async def close(self) -> None:
+        if self._ingest_engine is not None:
+            self._ingest_engine.dispose()
         await self.engine.dispose()
 
     # -- writers --------------------------------------------------------------------------------
@@ -157,30 +175,97 @@ class JobStore:
         return row
 
     async def record_instance(self, rec: InstanceRecord) -> RecordOutcome:
-        """Add a received instance to its study's open intake job (created if none). Idempotent per SOP UID."""
-        async with self._write() as s:
-            existing = await s.get(Instance, rec.sop_instance_uid)
-            if existing is not None:
-                return RecordOutcome(existing.intake_id, duplicate=True)
-            job = (await s.execute(
-                select(Job).where(Job.study_instance_uid == rec.study_instance_uid,
-                                  Job.state == JobState.RECEIVING.value)
-                .order_by(Job.created_at.desc()).limit(1))).scalar_one_or_none()
-            rows = []
-            if job is None:
-                job_id = new_id()
-                job = Job(id=job_id, intake_id=job_id, study_instance_uid=rec.study_instance_uid,
-                          state=JobState.RECEIVING.value, detail="receiving", calling_ae=rec.calling_ae,
-                          modality=rec.modality, series_description=rec.series_description,
-                          destinations=[], series_instance_uids=[], results={})
-                s.add(job)
-                await s.flush()
-                rows.append(self._event(s, job, f"first instance from {rec.calling_ae}"))
-            job.instance_count += 1
-            job.updated_at = utcnow()
-            s.add(Instance(intake_id=job.id, **{k: getattr(rec, k) for k in rec.__dataclass_fields__}))
-            await s.flush()
-            return RecordOutcome(job.id, duplicate=False, events=tuple(JobEvent.of(r) for r in rows))
+        """Add a received instance to its study's open intake job (created if none). Idempotent per SOP UID.
+
+        Calls that arrive while a write is in flight are committed together in the next transaction
+        (group commit), so parallel associations share one commit instead of queueing for one each.
+        """
+        future: asyncio.Future[RecordOutcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((rec, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_records(), name="record-flush")
+        return await future
+
+    async def _flush_records(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                outcomes = await self._write_records([rec for rec, _ in batch])
+            except Exception as exc:            # every waiter hears of the failure; none is acknowledged
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                if not fut.done():
+                    fut.set_result(outcome)
+
+    async def _write_records(self, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
+        async with self._write_guard():
+            if self._ingest_engine is not None:
+                # SQLite: the whole batch in one thread hop on a plain sqlite3 connection; an aiosqlite
+                # round trip per statement costs more than the SQL itself.
+                outcomes = await asyncio.to_thread(self._write_records_sync, recs)
+            else:
+                async with self.engine.begin() as conn:
+                    outcomes = await conn.run_sync(self._write_records_in, recs)
+            self._intakes = self._next_intakes          # the batch committed: its intakes are real
+            return outcomes
+
+    def _write_records_sync(self, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
+        assert self._ingest_engine is not None
+        with self._ingest_engine.begin() as conn:
+            return self._write_records_in(conn, recs)
+
+    def _write_records_in(self, conn: Connection, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
+        """The hot path of ingest, in SQLAlchemy Core within the caller's transaction."""
+        insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+        outcomes: list[RecordOutcome] = []
+        added: dict[str, int] = {}
+        jobs, instances = Job.__table__, Instance.__table__
+        intakes = dict(self._intakes)          # published only after the commit succeeds
+        for rec in recs:
+            events: tuple[JobEvent, ...] = ()
+            intake_id = intakes.get(rec.study_instance_uid)
+            if intake_id is None:
+                intake_id = conn.execute(
+                    select(jobs.c.id).where(jobs.c.study_instance_uid == rec.study_instance_uid,
+                                            jobs.c.state == JobState.RECEIVING.value)
+                    .order_by(jobs.c.created_at.desc()).limit(1)).scalar_one_or_none()
+                if intake_id is None:
+                    intake_id, events = self._new_intake(conn, rec)
+                intakes[rec.study_instance_uid] = intake_id
+            values = {k: getattr(rec, k) for k in rec.__dataclass_fields__}
+            result = conn.execute(insert(instances).values(intake_id=intake_id, received_at=utcnow(), **values)
+                                  .on_conflict_do_nothing(index_elements=["sop_instance_uid"]))
+            if result.rowcount == 1:
+                added[intake_id] = added.get(intake_id, 0) + 1
+                outcomes.append(RecordOutcome(intake_id, duplicate=False, events=events))
+            else:
+                first = conn.execute(select(instances.c.intake_id).where(
+                    instances.c.sop_instance_uid == rec.sop_instance_uid)).scalar_one()
+                outcomes.append(RecordOutcome(first, duplicate=True, events=events))
+        now = utcnow()
+        for intake_id, n in added.items():
+            conn.execute(update(jobs).where(jobs.c.id == intake_id)
+                         .values(instance_count=jobs.c.instance_count + n, updated_at=now))
+        self._next_intakes = intakes
+        return outcomes
+
+    @staticmethod
+    def _new_intake(conn: Connection, rec: InstanceRecord) -> tuple[str, tuple[JobEvent, ...]]:
+        job_id, now = new_id(), utcnow()
+        detail = f"first instance from {rec.calling_ae}"
+        conn.execute(Job.__table__.insert().values(
+            id=job_id, intake_id=job_id, study_instance_uid=rec.study_instance_uid, state=JobState.RECEIVING.value,
+            detail=detail, progress=None, rule="", model="", destinations=[], series_instance_uids=[],
+            calling_ae=rec.calling_ae, modality=rec.modality, series_description=rec.series_description,
+            instance_count=0, attempts=0, results={}, created_at=now, updated_at=now))
+        result = conn.execute(JobEventRow.__table__.insert().values(
+            job_id=job_id, study_instance_uid=rec.study_instance_uid, state=JobState.RECEIVING.value,
+            progress=None, detail=detail, at=now))
+        seq = int(result.inserted_primary_key[0])
+        return job_id, (JobEvent(seq, job_id, rec.study_instance_uid, JobState.RECEIVING.value, None, detail, now),)
 
     async def transition(self, job_id: str, to: JobState | str, *, detail: str = "",
                          progress: float | None = None) -> JobEvent:
@@ -196,6 +281,8 @@ class JobStore:
         src = JobState(job.state)
         if to not in ALLOWED[src]:
             raise InvalidTransition(f"job {job.id} is {src.value}; it cannot become {to.value}")
+        if src is JobState.RECEIVING and self._intakes.get(job.study_instance_uid) == job.id:
+            del self._intakes[job.study_instance_uid]      # later instances of the study start a new intake
         job.state = to.value
         job.detail = detail[:2000]
         job.progress = progress
