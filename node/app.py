@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import torch
 from aiohttp import web
 
+from ai.bundle import SlidingWindow
+from ai.device import choose_device
+from ai.registry import ModelRegistry
 from node.assembly import StudyAssembler
 from node.bridge import LoopBridge
+from node.errors import ConfigError
 from node.events import EventBus
 from node.fsutil import free_bytes, make_dirs
 from node.ingest import Ingest
@@ -19,6 +25,7 @@ from node.jobs.store import JobStore
 from node.scp import StorageSCP
 from node.settings import Settings
 from node.spool import Spool
+from node.worker import Worker
 from viewer_api.app import init_app
 
 logger = logging.getLogger(__name__)
@@ -34,6 +41,8 @@ class Node:
         self.store: JobStore | None = None
         self.scp: StorageSCP | None = None
         self.bus = EventBus()
+        self._executor: ThreadPoolExecutor | None = None
+        self.workers: list[Worker] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -46,7 +55,22 @@ class Node:
         await self.ingest.recover()
         self._tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
 
-        self._runner = web.AppRunner(init_app(self.store, self), access_log=None)
+        try:
+            device = choose_device(s.compute.device)
+        except ValueError as exc:
+            raise ConfigError(f"[compute] device: {exc}") from None
+        m = s.models
+        window = SlidingWindow(roi_size=tuple(m.sw_roi_size) if m.sw_roi_size else None,  # type: ignore[arg-type]
+                               overlap=m.sw_overlap if m.sw_overlap >= 0 else None,
+                               sw_batch_size=m.sw_batch_size or None)
+        self.registry = ModelRegistry(m.path, device, window)
+        self._executor = ThreadPoolExecutor(max_workers=s.compute.workers, thread_name_prefix="inference")
+        for i in range(s.compute.workers):
+            worker = Worker(self.store, self.registry, self.bus, data / "results", self._executor)
+            self.workers.append(worker)
+            self._tasks.append(asyncio.create_task(worker.run(), name=f"worker-{i}"))
+
+        self._runner = web.AppRunner(init_app(self.store, self, self), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.http.host, s.http.port)
         await site.start()
@@ -75,6 +99,9 @@ class Node:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._executor is not None:
+            # inference threads cannot be interrupted; the job they ran is requeued at the next start
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             await self.store.close()
         logger.info("segnode stopped")
@@ -93,7 +120,15 @@ class Node:
             "jobs": counts,
             "queue_depth": counts.get("queued", 0),
             "instances_received": self.ingest.instances_received,
+            "compute": {"device": str(self.registry.device), "cuda_available": torch.cuda.is_available(),
+                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                        "inference_seconds": round(sum(w.inference_seconds for w in self.workers), 3)},
         }
+
+    async def models(self) -> list[dict[str, Any]]:
+        cards = await asyncio.to_thread(self.registry.cards)
+        return [{**card.as_dict(), "available": True} if card else {"available": False, "error": error}
+                for card, error in cards]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

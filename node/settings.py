@@ -119,12 +119,34 @@ class ComputeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelsSettings:
+    dir: str = "./models"
+    sw_roi_size: tuple[int, ...] = ()        # empty = each bundle's own inferer setting
+    sw_overlap: float = -1.0                 # < 0 = the bundle's own
+    sw_batch_size: int = 0                   # 0 = the bundle's own
+
+    def __post_init__(self) -> None:
+        if self.sw_roi_size and (len(self.sw_roi_size) != 3 or min(self.sw_roi_size) < 8):
+            raise ConfigError(f"[models] sw_roi_size must be empty or three sizes >= 8, got {list(self.sw_roi_size)}")
+        if self.sw_overlap >= 1.0:
+            raise ConfigError(f"[models] sw_overlap must be below 1 (or negative for the bundle's own), "
+                              f"got {self.sw_overlap}")
+        if self.sw_batch_size < 0:
+            raise ConfigError(f"[models] sw_batch_size must be >= 0, got {self.sw_batch_size}")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser().resolve()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -146,7 +168,7 @@ class Settings:
 
 _SECTIONS: dict[str, type] = {
     "node": NodeSettings, "dicom": DicomSettings, "http": HttpSettings,
-    "store": StoreSettings, "compute": ComputeSettings,
+    "store": StoreSettings, "compute": ComputeSettings, "models": ModelsSettings,
 }
 
 
@@ -193,6 +215,13 @@ def _coerce(section: str, key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if origin is tuple and typing.get_args(hint)[0] is int:
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        try:
+            return tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a list of integers, got {value!r}") from None
     if origin is tuple:
         if isinstance(value, str):
             value = json.loads(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",")]

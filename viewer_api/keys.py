@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from viewer_api.ports import HealthSource, JobQueries
+from viewer_api.ports import HealthSource, JobQueries, ModelCatalog
 
 JOBS = web.AppKey("jobs", JobQueries)
 HEALTH = web.AppKey("health", HealthSource)
+MODELS = web.AppKey("models", ModelCatalog)

@@ -33,3 +33,8 @@ class JobQueries(Protocol):
 class HealthSource(Protocol):
     async def health(self) -> dict[str, Any]:
         """A JSON-able snapshot; key "ok" is False when the node cannot take studies."""
+
+
+class ModelCatalog(Protocol):
+    async def models(self) -> list[dict[str, Any]]:
+        """Every model the node can run, with its labels; unusable bundles with the reason."""

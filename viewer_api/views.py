@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from viewer_api.keys import HEALTH, JOBS
+from viewer_api.keys import HEALTH, JOBS, MODELS
 
 JOB_STATES = {"receiving", "queued", "running", "sending", "done", "failed", "cancelled", "ignored"}
 
@@ -53,3 +53,7 @@ async def get_job(request: web.Request) -> web.Response:
         raise json_error(web.HTTPNotFound, str(exc)) from exc
     events = await request.app[JOBS].events(job_id)
     return web.json_response({**job.as_dict(), "events": [e.as_message() for e in events]})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"models": await request.app[MODELS].models()})

@@ -342,8 +342,8 @@ class JobStore:
             await s.flush()
             return [JobEvent.of(r) for r in rows]
 
-    async def claim_next(self) -> JobView | None:
-        """Move the oldest queued job to running and return it (None when the queue is empty)."""
+    async def claim_next(self) -> tuple[JobView, JobEvent] | None:
+        """Move the oldest queued job to running; return it with its event (None when the queue is empty)."""
         async with self._write() as s:
             job = (await s.execute(select(Job).where(Job.state == JobState.QUEUED.value)
                                    .order_by(Job.updated_at).limit(1).with_for_update(skip_locked=True))
@@ -351,8 +351,9 @@ class JobStore:
             if job is None:
                 return None
             job.attempts += 1
-            self._move(s, job, JobState.RUNNING, "claimed by a worker", 0.0)
-            return JobView.of(job)
+            row = self._move(s, job, JobState.RUNNING, f"claimed by a worker (attempt {job.attempts})", 0.0)
+            await s.flush()
+            return JobView.of(job), JobEvent.of(row)
 
     # -- readers --------------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobView:

@@ -23,7 +23,7 @@ from tests.helpers import wait_until
 PHI_NAME, PHI_ID = "Xyzzy^Plugh", "PHI-MARKER-4711"
 
 
-def test_storescu_series_in_six_transfer_syntaxes_are_stored_as_received_and_queued(
+def test_storescu_series_in_six_transfer_syntaxes_are_stored_as_received_and_segmented(
         start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
     node = start_node()
     assert echoscu(node.dicom_port).returncode == 0
@@ -36,7 +36,7 @@ def test_storescu_series_in_six_transfer_syntaxes_are_stored_as_received_and_que
         assert result.returncode == 0, result.stderr
         sent[ids.study_instance_uid] = (TRANSFER_SYNTAXES[ts], slices)
 
-    jobs = node.wait_jobs("queued", len(sent))
+    jobs = node.wait_jobs("done", len(sent))
     assert {j["study_instance_uid"]: j["instance_count"] for j in jobs} == {k: v[1] for k, v in sent.items()}
     assert all(j["model"] == "ct-basic" and j["calling_ae"] == "SCANNER" for j in jobs)
     files = node.spooled()
@@ -45,7 +45,7 @@ def test_storescu_series_in_six_transfer_syntaxes_are_stored_as_received_and_que
         ds = dcmread(path, stop_before_pixels=True)
         assert ds.file_meta.TransferSyntaxUID == sent[ds.StudyInstanceUID][0], "not stored as received"
     health = node.get("/api/health")
-    assert health["ok"] and health["jobs"] == {"queued": len(sent)}
+    assert health["ok"] and health["jobs"] == {"done": len(sent)}
     assert PHI_NAME.split("^")[0] not in node.log() and PHI_ID not in node.log()
 
 
@@ -80,7 +80,7 @@ def test_kill_9_right_after_success_loses_nothing(start_node: Callable[..., Node
     assert node.kill(signal.SIGKILL) == -signal.SIGKILL          # no chance to flush anything
     node.env["SEGNODE_DICOM__STUDY_QUIET_PERIOD_S"] = "1"
     node.start()
-    jobs = node.wait_jobs("queued", 1)
+    jobs = node.wait_jobs("done", 1)
     assert [(j["study_instance_uid"], j["instance_count"]) for j in jobs] == [(ids.study_instance_uid, 100)]
     assert len(node.spooled()) == 100
 
@@ -98,7 +98,7 @@ def test_500_instances_over_4_parallel_associations(start_node: Callable[..., No
     for t in threads:
         t.join()
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
-    jobs = node.wait_jobs("queued", 2)
+    jobs = node.wait_jobs("done", 2)
     assert sorted(j["instance_count"] for j in jobs) == [250, 250]
     assert len(node.spooled()) == 500
     assert node.get("/api/health")["instances_received"] == 500

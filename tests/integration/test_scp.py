@@ -42,7 +42,7 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
     return await asyncio.to_thread(run)
 
 
-async def test_a_series_is_stored_recorded_and_becomes_a_queued_job(node: Node, ct_series: list[Dataset]) -> None:
+async def test_a_series_is_stored_recorded_queued_and_segmented(node: Node, ct_series: list[Dataset]) -> None:
     statuses = await send(node, ct_series)
     assert {s.Status for s in statuses} == {StoreStatus.SUCCESS}
     spooled = sorted(node.spool.iter_instances())
@@ -51,11 +51,14 @@ async def test_a_series_is_stored_recorded_and_becomes_a_queued_job(node: Node, 
     assert stored.StudyInstanceUID == ct_series[0].StudyInstanceUID
     assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
-    async def queued():
-        return await node.store.list_jobs(state="queued")
-    jobs = await async_wait_until(queued, 10, "the study to be queued")
+    async def done():
+        return await node.store.list_jobs(state="done")
+    jobs = await async_wait_until(done, 20, "the study to be segmented")
     assert len(jobs) == 1 and jobs[0].instance_count == len(ct_series)
     assert jobs[0].model == "ct-basic" and jobs[0].calling_ae == "SCANNER"
+    states = [e.state for e in await node.store.events(jobs[0].id)]
+    assert states[0] == "receiving" and states[-3:] == ["running", "sending", "done"]
+    assert "queued" in states
 
 
 async def test_a_resent_instance_is_acknowledged_and_kept_once(node: Node, ct_series: list[Dataset]) -> None:
@@ -204,8 +207,8 @@ async def test_instances_of_two_studies_make_two_jobs(node: Node, ct_series: lis
     second = [_with(ds, StudyInstanceUID=other_study, SOPInstanceUID=generate_uid()) for ds in ct_series]
     await send(node, ct_series + second)
 
-    async def queued():
-        jobs = await node.store.list_jobs(state="queued")
+    async def done():
+        jobs = await node.store.list_jobs(state="done")
         return jobs if len(jobs) == 2 else None
-    jobs = await async_wait_until(queued, 10, "two queued jobs")
+    jobs = await async_wait_until(done, 20, "two segmented jobs")
     assert {j.study_instance_uid for j in jobs} == {ct_series[0].StudyInstanceUID, other_study}

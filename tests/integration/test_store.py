@@ -62,7 +62,8 @@ async def test_transitions_are_checked_and_every_change_is_an_event(store: JobSt
         await store.transition(intake, JobState.DONE)
     await store.transition(intake, JobState.QUEUED, detail="ok")
     claimed = await store.claim_next()
-    assert claimed is not None and claimed.id == intake and claimed.attempts == 1
+    assert claimed is not None and claimed[0].id == intake and claimed[0].attempts == 1
+    assert claimed[1].state == "running"
     assert await store.claim_next() is None
     states = [e.state for e in await store.events(intake)]
     assert states == ["receiving", "queued", "running"]

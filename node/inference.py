@@ -1,0 +1,56 @@
+"""One job's inference, run in the executor: read the series, build volumes, segment, measure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from ai.errors import UnsuitableSeries
+from ai.measure import SegmentMeasurement, measure
+from ai.segmenter import Segmenter
+from ai.volume import Volume, volume_from_datasets
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesResult:
+    series_instance_uid: str
+    volume: Volume
+    labels: np.ndarray                      # uint8, axes and shape of volume.voxels
+    measurements: list[SegmentMeasurement]
+    sources: list[Dataset]                  # the series' datasets, in the volume's slice order
+
+
+def read_series(paths: Sequence[str | Path]) -> list[Dataset]:
+    out = []
+    for p in paths:
+        try:
+            out.append(dcmread(p))
+        except Exception as exc:        # a stored file we cannot parse: say which, not the parser's words
+            raise UnsuitableSeries(f"stored image {Path(p).name} cannot be read ({type(exc).__name__})") from exc
+    return out
+
+
+def segment_series(series_instance_uid: str, paths: Sequence[str | Path], model: Segmenter,
+                   progress: Progress) -> SeriesResult:
+    progress(0.02, "loading images")
+    datasets = read_series(paths)
+    volume = volume_from_datasets(datasets, min_slices=model.card.min_slices)
+    by_uid = {str(d.SOPInstanceUID): d for d in datasets}
+    sources = [by_uid[u] for u in volume.source_uids]
+    progress(0.1, f"volume {'x'.join(map(str, volume.voxels.shape))}")
+
+    def model_progress(fraction: float, stage: str) -> None:
+        progress(0.1 + 0.8 * fraction, stage)
+    labels = model.predict(volume, model_progress)
+    if labels.shape != volume.voxels.shape:
+        raise RuntimeError(f"model {model.card.name} returned {labels.shape} for a {volume.voxels.shape} volume")
+    progress(0.92, "measuring")
+    return SeriesResult(series_instance_uid, volume, labels,
+                        measure(labels, volume.voxels, volume.spacing_mm, model.card), sources)
