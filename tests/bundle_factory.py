@@ -49,7 +49,7 @@ def train_unet(steps: int = 40, seed: int = 0) -> UNet:
     big = make_phantom(slices=16, rows=52, fov_mm=416, slice_spacing_mm=8.0, seed=seed + 1)  # the bundle's 8 mm grid
     x = torch.from_numpy(np.clip((big.hu + 1000) / 2000, 0, 1)).float()[None, None]
     y = torch.from_numpy(big.truth.astype(np.int64))[None]
-    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     net.train()
     for _ in range(steps):

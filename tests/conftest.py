@@ -10,6 +10,7 @@ from node.app import Node
 from node.settings import Settings, load_settings
 from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
+from tests.bundle_factory import build_bundle, build_threshold_bundle
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +29,16 @@ def ct_files(tmp_path: Path, ct_series: list[Dataset]) -> list[Path]:
     return write_datasets(tmp_path / "ct", ct_series)
 
 
-def node_settings(tmp_path: Path, **env: str) -> Settings:
+def node_settings(tmp_path: Path, config: str | None = None, **env: str) -> Settings:
     base = {"SEGNODE_NODE__DATA_DIR": str(tmp_path / "data"), "SEGNODE_DICOM__PORT": "0",
             "SEGNODE_HTTP__PORT": "0", "SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "0.5",
             "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1", "SEGNODE_DICOM__BIND_ADDRESS": "127.0.0.1"}
     base.update({f"SEGNODE_{k.upper()}": v for k, v in env.items()})
-    return load_settings(env=base)
+    config_file = None
+    if config is not None:
+        config_file = tmp_path / "segnode-test.toml"
+        config_file.write_text(config)
+    return load_settings(config_file, env=base)
 
 
 @pytest.fixture
@@ -44,3 +49,12 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         yield n
     finally:
         await n.stop()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with two bundles the suite builds itself: a trained tiny UNet and a threshold net."""
+    root = tmp_path_factory.mktemp("models")
+    build_bundle(root / "phantom-unet", steps=60)
+    build_threshold_bundle(root / "phantom-threshold")
+    return root
