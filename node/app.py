@@ -17,15 +17,18 @@ from ai.device import choose_device
 from ai.registry import ModelRegistry
 from node.assembly import StudyAssembler
 from node.bridge import LoopBridge
+from node.dicom_out.writer import write_dicom_results
 from node.errors import ConfigError
 from node.events import EventBus
 from node.fsutil import free_bytes, make_dirs
 from node.ingest import Ingest
 from node.jobs.store import JobStore
+from node.outbox import Outbox
 from node.scp import StorageSCP
+from node.senders import make_sender
 from node.settings import Settings
 from node.spool import Spool
-from node.worker import Worker
+from node.worker import Worker, write_basic_results
 from viewer_api.app import init_app
 
 logger = logging.getLogger(__name__)
@@ -66,9 +69,16 @@ class Node:
         self.registry = ModelRegistry(m.path, device, window)
         self._executor = ThreadPoolExecutor(max_workers=s.compute.workers, thread_name_prefix="inference")
         for i in range(s.compute.workers):
-            worker = Worker(self.store, self.registry, self.bus, data / "results", self._executor)
+            worker = Worker(self.store, self.registry, self.bus, data / "results", self._executor,
+                            writers=[write_basic_results, write_dicom_results])
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"worker-{i}"))
+
+        senders = {d.name: make_sender(d, s.dicom.ae_title, s.outbox.send_timeout_s) for d in s.destinations}
+        self.outbox = Outbox(self.store, self.bus, senders, data / "results",
+                             retry_initial_s=s.outbox.retry_initial_s, retry_max_s=s.outbox.retry_max_s,
+                             retry_deadline_s=s.outbox.retry_deadline_s)
+        self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
 
         self._runner = web.AppRunner(init_app(self.store, self, self), access_log=None)
         await self._runner.setup()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.destinations import Destination
 from node.errors import ConfigError
 from node.routing import Rule
 
@@ -140,6 +141,22 @@ class ModelsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    retry_initial_s: float = 5.0
+    retry_max_s: float = 300.0
+    retry_deadline_s: float = 86400.0
+    send_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for key in ("retry_initial_s", "retry_max_s", "retry_deadline_s", "send_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"[outbox] {key} must be > 0, got {getattr(self, key)}")
+        if self.retry_max_s < self.retry_initial_s:
+            raise ConfigError(f"[outbox] retry_max_s ({self.retry_max_s}) is below retry_initial_s "
+                              f"({self.retry_initial_s})")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
@@ -147,7 +164,12 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     rules: tuple[Rule, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+
+    def destination(self, name: str) -> Destination:
+        return next(d for d in self.destinations if d.name == name)
 
     @property
     def store_url(self) -> str:
@@ -158,8 +180,8 @@ class Settings:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "rules":
-                out["rules"] = [r.describe() for r in value]
+            if f.name in ("rules", "destinations"):
+                out[f.name] = [r.describe() for r in value]
             else:
                 out[f.name] = dataclasses.asdict(value)
         out["store"]["url"] = _mask_url(self.store_url)
@@ -169,6 +191,7 @@ class Settings:
 _SECTIONS: dict[str, type] = {
     "node": NodeSettings, "dicom": DicomSettings, "http": HttpSettings,
     "store": StoreSettings, "compute": ComputeSettings, "models": ModelsSettings,
+    "outbox": OutboxSettings,
 }
 
 
@@ -282,13 +305,15 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
     raw = _read_toml(defaults_file) if defaults_file.exists() else {}
     if config_file is not None:
         override = _read_toml(config_file)
-        if "rules" in override:          # a config file's rules replace the defaults, they do not add to them
-            raw.pop("rules", None)
+        for key in ("rules", "destinations"):   # a config file's lists replace the defaults, not add to them
+            if key in override:
+                raw.pop(key, None)
         raw = _merge(raw, override)
     raw = _merge(raw, _env_overrides(os.environ if env is None else env))
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"rules"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"rules", "destinations"})
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join([*_SECTIONS, 'rules'])}")
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; "
+                          f"known: {', '.join([*_SECTIONS, 'rules', 'destinations'])}")
     sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
     rules_raw = raw.get("rules", [])
     if not isinstance(rules_raw, list):
@@ -297,4 +322,16 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
     names = [r.name for r in rules]
     if len(set(names)) != len(names):
         raise ConfigError(f"rule names must be unique, got {names}")
-    return Settings(rules=rules, **sections)
+    dest_raw = raw.get("destinations", [])
+    if not isinstance(dest_raw, list):
+        raise ConfigError("destinations must be a list of [[destinations]] tables")
+    destinations = tuple(Destination.from_mapping(d, i) for i, d in enumerate(dest_raw))
+    known = {d.name for d in destinations}
+    if len(known) != len(destinations):
+        raise ConfigError(f"destination names must be unique, got {[d.name for d in destinations]}")
+    for rule in rules:
+        missing = [d for d in rule.destinations if d not in known]
+        if missing:
+            raise ConfigError(f"[[rules]] {rule.name!r} sends to {', '.join(missing)}, which no [[destinations]] "
+                              f"entry defines (defined: {', '.join(sorted(known)) or 'none'})")
+    return Settings(rules=rules, destinations=destinations, **sections)

@@ -416,6 +416,16 @@ class JobStore:
         async with self._session() as s:
             return int((await s.execute(select(func.count()).select_from(Instance))).scalar_one())
 
+    async def update_results(self, job_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge top-level keys into Job.results, atomically; return the new results."""
+        async with self._write() as s:
+            job = await s.get(Job, job_id)
+            if job is None:
+                raise JobNotFound(f"no job {job_id}")
+            job.results = {**(job.results or {}), **changes}
+            job.updated_at = utcnow()
+            return dict(job.results)
+
     async def set_results(self, job_id: str, results: dict[str, Any]) -> None:
         async with self._write() as s:
             await s.execute(update(Job).where(Job.id == job_id).values(results=results, updated_at=utcnow()))
