@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.node_process import NodeProcess
+from tests.e2e.orthanc import OrthancProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -14,10 +15,19 @@ pytestmark = pytest.mark.e2e
 def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     started: list[NodeProcess] = []
 
-    def start(name: str = "node", **settings: str) -> NodeProcess:
-        n = NodeProcess(tmp_path / name, **settings).start()
+    def start(name: str = "node", config: str | None = None, **settings: str) -> NodeProcess:
+        n = NodeProcess(tmp_path / name, config, **settings).start()
         started.append(n)
         return n
     yield start
     for n in started:
         n.stop()
+
+
+@pytest.fixture
+def orthancs(tmp_path: Path) -> Iterator[list[OrthancProcess]]:
+    """Orthancs a test creates are appended here and stopped (by PID) at the end."""
+    made: list[OrthancProcess] = []
+    yield made
+    for o in made:
+        o.stop()

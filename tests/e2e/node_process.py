@@ -16,8 +16,9 @@ from tests.helpers import REPO, free_port, wait_until
 
 
 class NodeProcess:
-    def __init__(self, workdir: Path, **settings: str) -> None:
+    def __init__(self, workdir: Path, config: str | None = None, **settings: str) -> None:
         self.workdir = workdir
+        self.config = config
         self.data_dir = workdir / "data"
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -31,8 +32,13 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 30) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "node.cli", "serve"]
+        if self.config is not None:
+            cfg = self.workdir / "segnode.toml"
+            cfg.write_text(self.config)
+            args += ["--config", str(cfg)]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=self.env,
+            self.proc = subprocess.Popen(args, cwd=REPO, env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
@@ -51,6 +57,9 @@ class NodeProcess:
                 return json.loads(rsp.read())
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.get(f"/api/jobs/{job_id}")
 
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
         return self.get("/api/jobs" + (f"?state={state}" if state else ""))["jobs"]
