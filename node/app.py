@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,10 +20,11 @@ from node.assembly import StudyAssembler
 from node.bridge import LoopBridge
 from node.dicom_out.writer import write_dicom_results
 from node.errors import ConfigError
-from node.events import EventBus
+from node.events import EventBus, Subscription
 from node.fsutil import free_bytes, make_dirs
 from node.ingest import Ingest
-from node.jobs.store import JobStore
+from node.jobs.states import JobState
+from node.jobs.store import JobEvent, JobStore, JobView
 from node.outbox import Outbox
 from node.scp import StorageSCP
 from node.senders import make_sender
@@ -30,6 +32,8 @@ from node.settings import Settings
 from node.spool import Spool
 from node.worker import Worker, write_basic_results
 from viewer_api.app import init_app
+from viewer_api.auth import TokenAuth
+from viewer_api.keys import WEBSOCKETS
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +84,19 @@ class Node:
                              retry_deadline_s=s.outbox.retry_deadline_s)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
 
-        self._runner = web.AppRunner(init_app(self.store, self, self), access_log=None)
+        auth = TokenAuth(s.http.admin_tokens, s.http.viewer_tokens, s.http.cors_origins)
+        host = s.http.host
+        if not auth.enabled and host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning("no [http] admin_tokens or viewer_tokens configured: HTTP listens on 127.0.0.1 only, "
+                           "not on %s", host)
+            host = "127.0.0.1"
+        elif not auth.enabled:
+            logger.info("no HTTP tokens configured: the API is open to local users only (loopback)")
+        app = init_app(self.store, self, auth, ws_queue_size=s.http.ws_queue_size, ws_heartbeat_s=s.http.ws_heartbeat_s)
+        self._ws_clients = app[WEBSOCKETS]
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.http.host, s.http.port)
+        site = web.TCPSite(self._runner, host, s.http.port)
         await site.start()
 
         bridge = LoopBridge(asyncio.get_running_loop(), s.dicom.record_timeout_s)
@@ -130,10 +144,40 @@ class Node:
             "jobs": counts,
             "queue_depth": counts.get("queued", 0),
             "instances_received": self.ingest.instances_received,
+            "websocket_clients": len(self._ws_clients),
             "compute": {"device": str(self.registry.device), "cuda_available": torch.cuda.is_available(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                         "inference_seconds": round(sum(w.inference_seconds for w in self.workers), 3)},
         }
+
+    async def retry(self, job_id: str) -> JobEvent:
+        event = await self.store.transition(job_id, JobState.QUEUED, detail="retry requested")   # type: ignore[union-attr]
+        self.bus.publish([event])
+        return event
+
+    async def cancel(self, job_id: str) -> JobEvent:
+        event = await self.store.transition(job_id, JobState.CANCELLED, detail="cancelled")   # type: ignore[union-attr]
+        self.bus.publish([event])
+        return event
+
+    def result_file(self, job: JobView, kind: str) -> Path:
+        for f in job.results.get("files", []):
+            if f["kind"] == kind:
+                path = self.settings.node.data_path / "results" / job.id / f["file"]
+                if path.exists():
+                    return path
+        raise LookupError(f"job {job.id} has no {kind.upper()} result (state {job.state})")
+
+    def subscribe(self, maxsize: int) -> Subscription:
+        return self.bus.subscribe(maxsize)
+
+    async def metrics(self) -> dict[str, Any]:
+        assert self.store is not None
+        return {"jobs": await self.store.counts_by_state(),
+                "instances_received_total": self.ingest.instances_received,
+                "send_failures_total": self.outbox.send_failures,
+                "inference_seconds_total": round(sum(w.inference_seconds for w in self.workers), 3),
+                "websocket_clients": len(self._ws_clients)}
 
     async def models(self) -> list[dict[str, Any]]:
         cards = await asyncio.to_thread(self.registry.cards)

@@ -147,7 +147,8 @@ class StorageSCP:
             transfer_syntax_uid=transfer_syntax, path=str(written.path), size=written.size,
             calling_ae=calling_ae, modality=_text(ds, "Modality", 16),
             body_part_examined=_text(ds, "BodyPartExamined", 64),
-            series_description=_text(ds, "SeriesDescription", 64))
+            series_description=_text(ds, "SeriesDescription", 64),
+            patient_name=_text(ds, "PatientName", 200), patient_id=_text(ds, "PatientID", 64))
         try:
             outcome = self._record(record)
         except Exception:                              # edge: the file is safe, but unrecorded: no Success

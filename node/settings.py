@@ -87,8 +87,18 @@ class DicomSettings:
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    admin_tokens: tuple[str, ...] = ()       # "name=token" entries; from SEGNODE_HTTP__ADMIN_TOKENS, not from git
+    viewer_tokens: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()       # origins (scheme://host:port) allowed to call the API / WebSocket
+    ws_queue_size: int = 1000                # events buffered per WebSocket client before it must resync
+    ws_heartbeat_s: float = 20.0
 
     def __post_init__(self) -> None:
+        for t in (*self.admin_tokens, *self.viewer_tokens):
+            if len(t.partition("=")[2] or t) < 16:
+                raise ConfigError("[http] every token must be at least 16 characters (\"name=token\" or \"token\")")
+        if not 1 <= self.ws_queue_size <= 1_000_000 or self.ws_heartbeat_s <= 0:
+            raise ConfigError("[http] ws_queue_size must be 1-1000000 and ws_heartbeat_s > 0")
         _check_port("http", "port", self.port, allow_zero=True)
         if not self.host:
             raise ConfigError("[http] host must not be empty (use 127.0.0.1 for loopback only)")
@@ -185,6 +195,8 @@ class Settings:
             else:
                 out[f.name] = dataclasses.asdict(value)
         out["store"]["url"] = _mask_url(self.store_url)
+        for key in ("admin_tokens", "viewer_tokens"):
+            out["http"][key] = [f"{t.partition('=')[0] if '=' in t else 'token'}=***" for t in out["http"][key]]
         return out
 
 

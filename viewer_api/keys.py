@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+
 from aiohttp import web
 
-from viewer_api.ports import HealthSource, JobQueries, ModelCatalog
+from viewer_api.auth import TokenAuth
+from viewer_api.ports import JobQueries, NodeOps
 
 JOBS = web.AppKey("jobs", JobQueries)
-HEALTH = web.AppKey("health", HealthSource)
-MODELS = web.AppKey("models", ModelCatalog)
+NODE = web.AppKey("node", NodeOps)
+AUTH = web.AppKey("auth", TokenAuth)
+WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
+WS_SETTINGS = web.AppKey("ws_settings", tuple)          # (queue size, heartbeat seconds)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any, Protocol
 
 
 class JobLike(Protocol):
     id: str
     state: str
+    study_instance_uid: str
 
-    def as_dict(self) -> dict[str, Any]: ...
+    def as_dict(self, *, phi: bool = False) -> dict[str, Any]: ...
 
 
 class EventLike(Protocol):
@@ -20,8 +23,15 @@ class EventLike(Protocol):
     def as_message(self) -> dict[str, Any]: ...
 
 
+class Subscription(Protocol):
+    queue: asyncio.Queue[Any]
+    overflowed: bool
+
+    def close(self) -> None: ...
+
+
 class JobQueries(Protocol):
-    async def get(self, job_id: str) -> JobLike:
+    async def get(self, job_id: str) -> Any:
         """Raises LookupError when there is no such job."""
 
     async def list_jobs(self, *, state: str | None = None, study_instance_uid: str | None = None,
@@ -29,12 +39,30 @@ class JobQueries(Protocol):
 
     async def events(self, job_id: str | None = None, *, since: int = 0, limit: int = 10000) -> list[Any]: ...
 
+    async def max_seq(self) -> int: ...
 
-class HealthSource(Protocol):
+    async def audit(self, actor: str, role: str, action: str, job_id: str = "", study_instance_uid: str = "",
+                    remote: str = "") -> None: ...
+
+    async def audit_log(self, limit: int = 200) -> list[dict[str, Any]]: ...
+
+
+class NodeOps(Protocol):
     async def health(self) -> dict[str, Any]:
         """A JSON-able snapshot; key "ok" is False when the node cannot take studies."""
 
+    async def models(self) -> list[dict[str, Any]]: ...
 
-class ModelCatalog(Protocol):
-    async def models(self) -> list[dict[str, Any]]:
-        """Every model the node can run, with its labels; unusable bundles with the reason."""
+    async def retry(self, job_id: str) -> Any:
+        """failed -> queued. Raises LookupError (no job) or ValueError (not allowed now)."""
+
+    async def cancel(self, job_id: str) -> Any:
+        """-> cancelled. Raises LookupError or ValueError."""
+
+    def result_file(self, job: Any, kind: str) -> Path:
+        """The job's SEG or SR file. Raises LookupError when there is none."""
+
+    def subscribe(self, maxsize: int) -> Subscription: ...
+
+    async def metrics(self) -> dict[str, Any]:
+        """Counters and gauges for /metrics."""

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from viewer_api.keys import HEALTH, JOBS, MODELS
+from viewer_api.auth import LOCAL_ADMIN, PRINCIPAL, Principal
+from viewer_api.keys import JOBS, NODE
 
 JOB_STATES = {"receiving", "queued", "running", "sending", "done", "failed", "cancelled", "ignored"}
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
     return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def who(request: web.Request) -> Principal:
+    return request.get(PRINCIPAL, LOCAL_ADMIN)
+
+
+async def audit(request: web.Request, action: str, job_id: str = "", study: str = "") -> None:
+    p = who(request)
+    await request.app[JOBS].audit(p.name, p.role, action, job_id, study, request.remote or "")
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -29,9 +41,21 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
 async def health(request: web.Request) -> web.Response:
-    body: dict[str, Any] = await request.app[HEALTH].health()
+    body: dict[str, Any] = await request.app[NODE].health()
     return web.json_response(body, status=200 if body.get("ok") else 503)
+
+
+async def _job(request: web.Request) -> Any:
+    job_id = request.match_info["job_id"]
+    try:
+        return await request.app[JOBS].get(job_id)
+    except LookupError as exc:
+        raise json_error(web.HTTPNotFound, str(exc)) from exc
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -40,20 +64,74 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise json_error(web.HTTPBadRequest, f"state must be one of {', '.join(sorted(JOB_STATES))}")
     limit = _int_param(request, "limit", 100, 1, 1000)
     offset = _int_param(request, "offset", 0, 0, 10**9)
-    jobs = await request.app[JOBS].list_jobs(state=state, study_instance_uid=request.query.get("study") or None,
-                                             limit=limit, offset=offset)
-    return web.json_response({"jobs": [j.as_dict() for j in jobs], "limit": limit, "offset": offset})
+    study = request.query.get("study") or None
+    jobs = await request.app[JOBS].list_jobs(state=state, study_instance_uid=study, limit=limit, offset=offset)
+    await audit(request, "list jobs", study=study or "")
+    phi = who(request).is_admin
+    return web.json_response({"jobs": [j.as_dict(phi=phi) for j in jobs], "limit": limit, "offset": offset})
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job_id = request.match_info["job_id"]
+    job = await _job(request)
+    events = await request.app[JOBS].events(job.id)
+    await audit(request, "view job", job.id, job.study_instance_uid)
+    return web.json_response({**job.as_dict(phi=who(request).is_admin), "events": [e.as_message() for e in events]})
+
+
+async def _command(request: web.Request, name: str) -> web.Response:
+    job = await _job(request)
     try:
-        job = await request.app[JOBS].get(job_id)
+        event = await getattr(request.app[NODE], name)(job.id)
+    except ValueError as exc:
+        raise json_error(web.HTTPConflict, str(exc)) from exc
+    await audit(request, name, job.id, job.study_instance_uid)
+    return web.json_response(event.as_message())
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    return await _command(request, "retry")
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    return await _command(request, "cancel")
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    kind = request.match_info["kind"]
+    if kind not in ("seg", "sr"):
+        raise json_error(web.HTTPNotFound, "results are 'seg' or 'sr'")
+    job = await _job(request)
+    try:
+        path = request.app[NODE].result_file(job, kind)
     except LookupError as exc:
         raise json_error(web.HTTPNotFound, str(exc)) from exc
-    events = await request.app[JOBS].events(job_id)
-    return web.json_response({**job.as_dict(), "events": [e.as_message() for e in events]})
+    await audit(request, f"download {kind}", job.id, job.study_instance_uid)
+    return web.FileResponse(path, headers={"Content-Type": "application/dicom",
+                                           "Content-Disposition": f'attachment; filename="{kind}-{job.id}.dcm"'})
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"models": await request.app[MODELS].models()})
+    return web.json_response({"models": await request.app[NODE].models()})
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    return web.json_response({"audit": await request.app[JOBS].audit_log(_int_param(request, "limit", 200, 1, 5000))})
+
+
+async def openapi(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "openapi.json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = await request.app[NODE].metrics()
+    lines = ["# HELP segnode_jobs Jobs by state.", "# TYPE segnode_jobs gauge"]
+    lines += [f'segnode_jobs{{state="{s}"}} {n}' for s, n in sorted(m["jobs"].items())]
+    for name, kind, help_text in (
+            ("instances_received_total", "counter", "DICOM instances stored since start."),
+            ("send_failures_total", "counter", "Failed delivery attempts since start."),
+            ("inference_seconds_total", "counter", "Seconds spent in inference since start."),
+            ("websocket_clients", "gauge", "Connected WebSocket clients.")):
+        lines += [f"# HELP segnode_{name} {help_text}", f"# TYPE segnode_{name} {kind}",
+                  f"segnode_{name} {m[name]}"]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})

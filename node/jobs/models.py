@@ -34,6 +34,8 @@ class Job(Base):
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_description: Mapped[str] = mapped_column(String(64), default="")
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    patient_name: Mapped[str] = mapped_column(String(200), default="")     # PHI: admin view only
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -70,3 +72,18 @@ class JobEventRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+
+class AuditRow(Base):
+    """Append-only: who listed, viewed or downloaded which study's results."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(32), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    remote: Mapped[str] = mapped_column(String(64), default="")

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from node.errors import InvalidTransition, JobNotFound
-from node.jobs.models import Base, Instance, Job, JobEventRow, utcnow
+from node.jobs.models import AuditRow, Base, Instance, Job, JobEventRow, utcnow
 from node.jobs.states import ALLOWED, JobState
 from node.routing import RoutingOutcome, SeriesInfo
 
@@ -67,15 +67,25 @@ class JobView:
     results: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    patient_name: str = ""
+    patient_id: str = ""
 
     @classmethod
     def of(cls, job: Job) -> JobView:
         return cls(job.id, job.study_instance_uid, job.intake_id, job.state, job.detail, job.progress,
                    job.rule, job.model, tuple(job.destinations or ()), tuple(job.series_instance_uids or ()),
                    job.calling_ae, job.modality, job.series_description, job.instance_count, job.attempts,
-                   dict(job.results or {}), _aware(job.created_at), _aware(job.updated_at))
+                   dict(job.results or {}), _aware(job.created_at), _aware(job.updated_at),
+                   job.patient_name or "", job.patient_id or "")
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, phi: bool = False) -> dict[str, Any]:
+        """JSON view; patient name and ID only when `phi` (the admin role)."""
+        out = self._public()
+        if phi:
+            out.update(patient_name=self.patient_name, patient_id=self.patient_id)
+        return out
+
+    def _public(self) -> dict[str, Any]:
         return {"id": self.id, "study_instance_uid": self.study_instance_uid, "state": self.state,
                 "detail": self.detail, "progress": self.progress, "rule": self.rule, "model": self.model,
                 "destinations": list(self.destinations), "series_instance_uids": list(self.series_instance_uids),
@@ -98,6 +108,11 @@ class InstanceRecord:
     modality: str = ""
     body_part_examined: str = ""
     series_description: str = ""
+    patient_name: str = ""       # PHI: kept on the job for the admin view only, never logged
+    patient_id: str = ""
+
+    def instance_values(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("patient_")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +250,7 @@ class JobStore:
                 if intake_id is None:
                     intake_id, events = self._new_intake(conn, rec)
                 intakes[rec.study_instance_uid] = intake_id
-            values = {k: getattr(rec, k) for k in rec.__dataclass_fields__}
+            values = rec.instance_values()
             result = conn.execute(insert(instances).values(intake_id=intake_id, received_at=utcnow(), **values)
                                   .on_conflict_do_nothing(index_elements=["sop_instance_uid"]))
             if result.rowcount == 1:
@@ -260,6 +275,7 @@ class JobStore:
             id=job_id, intake_id=job_id, study_instance_uid=rec.study_instance_uid, state=JobState.RECEIVING.value,
             detail=detail, progress=None, rule="", model="", destinations=[], series_instance_uids=[],
             calling_ae=rec.calling_ae, modality=rec.modality, series_description=rec.series_description,
+            patient_name=rec.patient_name, patient_id=rec.patient_id,
             instance_count=0, attempts=0, results={}, created_at=now, updated_at=now))
         result = conn.execute(JobEventRow.__table__.insert().values(
             job_id=job_id, study_instance_uid=rec.study_instance_uid, state=JobState.RECEIVING.value,
@@ -379,6 +395,23 @@ class JobStore:
             q = q.where(JobEventRow.job_id == job_id)
         async with self._session() as s:
             return [JobEvent.of(r) for r in (await s.execute(q)).scalars().all()]
+
+    async def max_seq(self) -> int:
+        async with self._session() as s:
+            return int((await s.execute(select(func.max(JobEventRow.seq)))).scalar_one() or 0)
+
+    async def audit(self, actor: str, role: str, action: str, job_id: str = "", study_instance_uid: str = "",
+                    remote: str = "") -> None:
+        async with self._write() as s:
+            s.add(AuditRow(actor=actor[:64], role=role[:16], action=action[:64], job_id=job_id,
+                           study_instance_uid=study_instance_uid, remote=remote[:64], at=utcnow()))
+
+    async def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
+        async with self._session() as s:
+            rows = (await s.execute(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))).scalars().all()
+            return [{"id": r.id, "at": _aware(r.at).isoformat(), "actor": r.actor, "role": r.role,
+                     "action": r.action, "job_id": r.job_id, "study_instance_uid": r.study_instance_uid,
+                     "remote": r.remote} for r in rows]
 
     async def counts_by_state(self) -> dict[str, int]:
         async with self._session() as s:

@@ -1,0 +1,118 @@
+// Segnode status page: no build step. Jobs from /api/jobs, live updates from /ws/jobs.
+"use strict";
+const jobs = new Map();
+let token = localStorage.getItem("segnode-token") || "";
+let lastSeq = 0;
+let selected = null;
+
+function headers() { return token ? { Authorization: "Bearer " + token } : {}; }
+
+async function api(path, options = {}) {
+  const rsp = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (rsp.status === 401) {
+    token = prompt("Segnode access token") || "";
+    localStorage.setItem("segnode-token", token);
+    return api(path, options);
+  }
+  const body = await rsp.json();
+  if (!rsp.ok) throw new Error(body.error || rsp.statusText);
+  return body;
+}
+
+function age(iso) {
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  return s < 90 ? `${s.toFixed(0)} s` : s < 5400 ? `${(s / 60).toFixed(0)} min` : `${(s / 3600).toFixed(1)} h`;
+}
+
+function cell(text, cls) { const td = document.createElement("td"); if (cls) td.className = cls; td.textContent = text ?? ""; return td; }
+
+function render() {
+  const tbody = document.querySelector("#jobs tbody");
+  tbody.replaceChildren();
+  const sorted = [...jobs.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
+  for (const job of sorted) {
+    const tr = document.createElement("tr");
+    tr.dataset.job = job.id;
+    tr.dataset.state = job.state;
+    const state = cell(""); const badge = document.createElement("span");
+    badge.className = "state " + job.state; badge.textContent = job.state; state.append(badge);
+    const prog = cell(""); const bar = document.createElement("div"); bar.className = "bar";
+    const fill = document.createElement("div"); fill.style.width = `${Math.round(100 * (job.state === "done" ? 1 : job.progress || 0))}%`;
+    bar.append(fill); prog.append(bar);
+    const actions = cell("");
+    if (job.state === "failed") actions.append(button("Retry", () => command(job.id, "retry")));
+    if (["receiving", "queued", "running", "sending"].includes(job.state)) actions.append(button("Cancel", () => command(job.id, "cancel")));
+    for (const f of (job.results && job.results.files) || []) {
+      const a = document.createElement("a"); a.className = "btn"; a.textContent = f.kind.toUpperCase();
+      a.href = "#"; a.onclick = (e) => { e.stopPropagation(); download(job.id, f.kind); return false; };
+      actions.append(a);
+    }
+    const patient = job.patient_name !== undefined ? `${job.patient_name} (${job.patient_id})` : "—";
+    tr.append(state, prog, cell(job.modality), cell(job.series_description), cell(patient), cell(job.model),
+      cell(job.instance_count), cell(age(job.created_at)), cell(job.detail, "detail"), actions);
+    tr.onclick = () => showDetail(job.id);
+    tbody.append(tr);
+  }
+}
+
+function button(label, fn) { const b = document.createElement("button"); b.textContent = label; b.onclick = (e) => { e.stopPropagation(); fn(); }; return b; }
+
+async function command(id, name) {
+  try { await api(`/api/jobs/${id}/${name}`, { method: "POST" }); } catch (e) { alert(e.message); }
+}
+
+async function download(id, kind) {
+  const rsp = await fetch(`/api/jobs/${id}/results/${kind}`, { headers: headers() });
+  if (!rsp.ok) { alert((await rsp.json()).error); return; }
+  const url = URL.createObjectURL(await rsp.blob());
+  const a = document.createElement("a"); a.href = url; a.download = `${kind}-${id}.dcm`; a.click(); URL.revokeObjectURL(url);
+}
+
+async function showDetail(id) {
+  selected = id;
+  const job = await api(`/api/jobs/${id}`);
+  document.getElementById("detail").hidden = false;
+  document.getElementById("detail-id").textContent = id.slice(0, 8);
+  document.getElementById("detail-study").textContent = job.study_instance_uid;
+  const ol = document.getElementById("detail-events");
+  ol.replaceChildren(...job.events.map((e) => { const li = document.createElement("li");
+    li.textContent = `${new Date(e.at).toLocaleTimeString()} ${e.state}${e.progress != null ? " " + Math.round(100 * e.progress) + "%" : ""} — ${e.detail}`; return li; }));
+}
+
+async function refreshJob(id) { jobs.set(id, await api(`/api/jobs/${id}`)); render(); if (selected === id) showDetail(id); }
+
+async function health() {
+  try {
+    const h = await fetch("/api/health").then((r) => r.json());
+    const el = document.getElementById("health");
+    el.className = "health" + (h.ok ? "" : " bad");
+    el.textContent = `${h.ok ? "healthy" : "NOT OK"} · DICOM ${h.dicom.ae_title}:${h.dicom.port} · queue ${h.queue_depth} · ` +
+      `disk free ${(h.disk.free_bytes / 2 ** 30).toFixed(1)} GB · ${h.compute.device}`;
+  } catch (e) { document.getElementById("health").textContent = "node unreachable"; }
+}
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const q = new URLSearchParams(); if (lastSeq) q.set("since", lastSeq); if (token) q.set("token", token);
+  const ws = new WebSocket(`${proto}://${location.host}/ws/jobs?${q}`);
+  const live = document.getElementById("live");
+  ws.onopen = () => live.classList.add("on");
+  ws.onmessage = (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.type === "snapshot") { for (const j of msg.jobs) jobs.set(j.id, j); lastSeq = Math.max(lastSeq, msg.seq); render(); return; }
+    if (msg.type === "resync") { lastSeq = msg.seq; return; }
+    lastSeq = msg.seq;
+    const job = jobs.get(msg.job_id);
+    if (job && job.state === msg.state) { job.progress = msg.progress; job.detail = msg.detail; render(); if (selected === msg.job_id) showDetail(msg.job_id); }
+    else refreshJob(msg.job_id);
+  };
+  ws.onclose = () => { live.classList.remove("on"); setTimeout(connect, 2000); };
+}
+
+async function start() {
+  const body = await api("/api/jobs?limit=200");
+  for (const j of body.jobs) jobs.set(j.id, j);
+  render(); health(); connect();
+  setInterval(health, 5000); setInterval(render, 10000);
+}
+start();
