@@ -58,7 +58,7 @@ class TokenAuth:
         return origin.rstrip("/") in self.cors_origins or origin.rstrip("/") == own
 
 
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:

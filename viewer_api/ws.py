@@ -55,7 +55,7 @@ async def jobs_socket(request: web.Request) -> web.WebSocketResponse:
                 getter.cancel()
                 break
             event = getter.result()
-            if sub.overflowed and sub.queue.empty():
+            if sub.overflowed:        # it fell behind: the store has everything; the client resumes from `last`
                 await ws.send_json({"type": "resync", "seq": last})
                 await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect with since")
                 break

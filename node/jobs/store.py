@@ -291,7 +291,9 @@ class JobStore:
             job = await s.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise JobNotFound(f"no job {job_id}")
-            return JobEvent.of(self._move(s, job, to, detail, progress))
+            row = self._move(s, job, to, detail, progress)
+            await s.flush()                      # the event's seq is assigned here
+            return JobEvent.of(row)
 
     def _move(self, s: AsyncSession, job: Job, to: JobState, detail: str, progress: float | None) -> JobEventRow:
         src = JobState(job.state)
