@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.segnode-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm
+PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm chromium
 
 .PHONY: run test install peers lint unit bench clean
 
@@ -22,6 +22,7 @@ run: install
 
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null \
+	    || ! command -v chromium >/dev/null \
 	    || ! { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; }; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PEERS); \

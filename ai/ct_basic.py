@@ -109,5 +109,5 @@ class CtBasic:
             labels[body] = SOFT_TISSUE
             labels[lungs] = LUNGS
             labels[bone] = BONE
-            report(1.0, "done")
+            report(1.0, "segmentation finished")
             return labels.cpu().numpy()

@@ -1,0 +1,43 @@
+"""The admin status page in a real headless Chromium: a study moves to done without a reload."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from node.synth.series import SeriesIds, write_series
+from tests.e2e.dcmtk import storescu
+from tests.e2e.node_process import NodeProcess
+from tests.helpers import REPO
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root, offline: no sandbox, no GPU, none of Chromium's calls home.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable[..., NodeProcess],
+                                                            tmp_path: Path) -> None:
+    node = start_node()
+    folder = write_series(tmp_path / "ct", slices=16, rows=64, ids=SeriesIds(series_description="Page test"))[0].parent
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 600})
+        page.goto(f"http://127.0.0.1:{node.http_port}/")
+        page.wait_for_selector("#live.on", timeout=10_000)             # the WebSocket is connected
+        assert page.locator("#jobs tbody tr").count() == 0
+        assert storescu(node.dicom_port, folder).returncode == 0
+        page.wait_for_selector("#jobs tbody tr[data-state='done']", timeout=60_000)
+        row = page.locator("#jobs tbody tr").first
+        assert "Page test" in row.inner_text() and "CT" in row.inner_text()
+        assert page.locator("#health").inner_text().startswith("healthy")
+        row.click()
+        page.wait_for_selector("#detail-events li")
+        assert "receiving" in page.locator("#detail-events").inner_text()
+        out = REPO / "tests" / "artifacts"
+        out.mkdir(exist_ok=True)
+        page.screenshot(path=str(out / "status-page.png"), full_page=True)
+        browser.close()
