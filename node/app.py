@@ -18,6 +18,7 @@ from ai.device import choose_device
 from ai.registry import ModelRegistry
 from node.assembly import StudyAssembler
 from node.bridge import LoopBridge
+from node.compute import Backend, JobPipeline, LocalBackend, RayBackend
 from node.dicom_out.writer import write_dicom_results
 from node.errors import ConfigError
 from node.events import EventBus, Subscription
@@ -71,10 +72,18 @@ class Node:
                                overlap=m.sw_overlap if m.sw_overlap >= 0 else None,
                                sw_batch_size=m.sw_batch_size or None)
         self.registry = ModelRegistry(m.path, device, window)
-        self._executor = ThreadPoolExecutor(max_workers=s.compute.workers, thread_name_prefix="inference")
-        for i in range(s.compute.workers):
-            worker = Worker(self.store, self.registry, self.bus, data / "results", self._executor,
-                            writers=[write_basic_results, write_dicom_results])
+        writers = [write_basic_results, write_dicom_results]
+        c = s.compute
+        if c.backend == "ray":
+            self.backend: Backend = await asyncio.to_thread(functools.partial(
+                RayBackend, address=c.ray_address, num_cpus=c.ray_num_cpus, actors=c.workers,
+                gpus_per_actor=c.ray_gpus_per_actor, models_dir=m.path, device=c.device, window=window,
+                writers=writers))
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="inference")
+            self.backend = LocalBackend(JobPipeline(self.registry, writers), self._executor)
+        for i in range(c.workers):
+            worker = Worker(self.store, self.backend, self.bus, data / "results")
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"worker-{i}"))
 
@@ -123,6 +132,8 @@ class Node:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        if getattr(self, "backend", None) is not None:
+            await self.backend.close()
         if self._executor is not None:
             # inference threads cannot be interrupted; the job they ran is requeued at the next start
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -145,7 +156,8 @@ class Node:
             "queue_depth": counts.get("queued", 0),
             "instances_received": self.ingest.instances_received,
             "websocket_clients": len(self._ws_clients),
-            "compute": {"device": str(self.registry.device), "cuda_available": torch.cuda.is_available(),
+            "compute": {"device": str(self.backend.device), "backend": self.settings.compute.backend,
+                        "cuda_available": torch.cuda.is_available(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                         "inference_seconds": round(sum(w.inference_seconds for w in self.workers), 3)},
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +28,19 @@ class SeriesResult:
     sources: list[Dataset]                  # the series' datasets, in the volume's slice order
 
 
-def read_series(paths: Sequence[str | Path]) -> list[Dataset]:
+def read_series(items: Sequence[str | Path | bytes]) -> list[Dataset]:
+    """Datasets from spool paths, or from the files' bytes (what a Ray actor on another host gets)."""
     out = []
-    for p in paths:
+    for i, item in enumerate(items):
         try:
-            out.append(dcmread(p))
+            out.append(dcmread(BytesIO(item)) if isinstance(item, bytes) else dcmread(item))
         except Exception as exc:        # a stored file we cannot parse: say which, not the parser's words
-            raise UnsuitableSeries(f"stored image {Path(p).name} cannot be read ({type(exc).__name__})") from exc
+            name = f"#{i + 1}" if isinstance(item, bytes) else Path(item).name
+            raise UnsuitableSeries(f"stored image {name} cannot be read ({type(exc).__name__})") from exc
     return out
 
 
-def segment_series(series_instance_uid: str, paths: Sequence[str | Path], model: Segmenter,
+def segment_series(series_instance_uid: str, paths: Sequence[str | Path | bytes], model: Segmenter,
                    progress: Progress) -> SeriesResult:
     progress(0.02, "loading images")
     datasets = read_series(paths)

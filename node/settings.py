@@ -118,7 +118,10 @@ class StoreSettings:
 class ComputeSettings:
     backend: str = "local"
     device: str = "auto"
-    workers: int = 1
+    workers: int = 1                  # jobs at once; with ray: the number of actors
+    ray_address: str = ""             # empty: start a local Ray; else e.g. "ray://head:10001"
+    ray_num_cpus: int = 2             # CPUs of the local Ray (ignored with an address)
+    ray_gpus_per_actor: float = 0.0   # 1.0 puts each actor on its own GPU
 
     def __post_init__(self) -> None:
         if self.backend not in {"local", "ray"}:

@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,17 @@ import numpy as np
 import torch
 
 from ai.errors import ModelUnavailable, UnsuitableSeries
-from ai.registry import ModelRegistry
 from ai.segmenter import ModelCard
+from node.compute import Backend, Requeue
 from node.errors import InvalidTransition
 from node.events import EventBus
 from node.fsutil import make_dirs, write_atomic
-from node.inference import SeriesResult, segment_series
+from node.inference import SeriesResult
 from node.jobs.states import JobState
 from node.jobs.store import JobStore, JobView
 
 logger = logging.getLogger(__name__)
 
-# Hooks run after inference, before `sending` (issue: results as DICOM). Each gets the job, its folder,
-# the series results and the model card, runs in the executor and returns entries for Job.results.
-ResultWriter = Callable[[JobView, Path, list[SeriesResult], ModelCard], dict[str, Any]]
 
 
 class ProgressReporter:
@@ -81,11 +77,10 @@ def write_basic_results(job: JobView, folder: Path, results: list[SeriesResult],
 
 
 class Worker:
-    def __init__(self, store: JobStore, registry: ModelRegistry, bus: EventBus, results_root: Path,
-                 executor: Executor, writers: list[ResultWriter] | None = None, poll_s: float = 5.0) -> None:
-        self._store, self._registry, self._bus = store, registry, bus
-        self._results_root, self._executor = results_root, executor
-        self._writers = writers or [write_basic_results]
+    def __init__(self, store: JobStore, backend: Backend, bus: EventBus, results_root: Path,
+                 poll_s: float = 5.0) -> None:
+        self._store, self._backend, self._bus = store, backend, bus
+        self._results_root = results_root
         self._poll_s = poll_s
         self.inference_seconds = 0.0
         self.jobs_finished = 0
@@ -106,20 +101,12 @@ class Worker:
     async def process(self, job: JobView) -> None:
         loop = asyncio.get_running_loop()
         progress = ProgressReporter(loop, self._store, self._bus, job.id)
-        started = time.monotonic()
         try:
-            model = await loop.run_in_executor(self._executor, self._registry.get, job.model)
-            results = []
-            n = len(job.series_instance_uids)
-            for i, uid in enumerate(job.series_instance_uids):
-                paths = await self._store.instance_paths(job.intake_id, uid)
-                results.append(await loop.run_in_executor(self._executor, segment_series, uid, paths, model,
-                                                          progress.part(i, n)))
-            self.inference_seconds += time.monotonic() - started
-            summary: dict[str, Any] = {}
-            folder = self._results_root / job.id
-            for writer in self._writers:
-                summary.update(await loop.run_in_executor(self._executor, writer, job, folder, results, model.card))
+            inputs = {uid: await self._store.instance_paths(job.intake_id, uid) for uid in job.series_instance_uids}
+            outcome = await self._backend.run(job, inputs, self._results_root / job.id, progress)
+        except Requeue as exc:
+            await self._advance(job, JobState.QUEUED, f"requeued: {exc}")
+            return
         except (UnsuitableSeries, ModelUnavailable) as exc:
             await self._fail(job, str(exc))
             return
@@ -131,22 +118,12 @@ class Worker:
             logger.exception("job %s: inference failed", job.id)
             await self._fail(job, f"internal error during inference: {type(exc).__name__}: {str(exc)[:300]}")
             return
-        finally:
-            await loop.run_in_executor(self._executor, self._release)
-        await self._store.set_results(job.id, summary)
-        await self._advance(job, JobState.SENDING, self._ready_detail(results, time.monotonic() - started))
+        self.inference_seconds += outcome.inference_s
+        await self._store.set_results(job.id, outcome.summary)
+        await self._advance(job, JobState.SENDING, outcome.detail)
         if not job.destinations:
             await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox")
         self.jobs_finished += 1
-
-    @staticmethod
-    def _ready_detail(results: list[SeriesResult], seconds: float) -> str:
-        parts = [f"{m.name} {m.volume_ml:.0f} mL" for r in results for m in r.measurements]
-        return f"segmented in {seconds:.1f} s: " + (", ".join(parts) or "nothing found")
-
-    def _release(self) -> None:
-        if self._registry.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     async def _advance(self, job: JobView, to: JobState, detail: str) -> None:
         try:

@@ -13,11 +13,12 @@ from pydicom.uid import generate_uid
 from ai.segmenter import ModelCard
 from ai.volume import Volume
 from node.app import Node
+from node.compute import JobPipeline, LocalBackend
 from node.events import EventBus
 from node.jobs.store import InstanceRecord, JobStore
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from node.worker import Worker
+from node.worker import Worker, write_basic_results
 from tests.conftest import node_settings
 from tests.helpers import async_wait_until
 from tests.integration.test_scp import send
@@ -148,7 +149,8 @@ async def test_cuda_out_of_memory_fails_the_job_with_advice(tmp_path: Path, ct_f
         job, _ = await store.claim_next()
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(1) as ex:
-            await Worker(store, FakeRegistry(), EventBus(), tmp_path / "results", ex).process(job)  # type: ignore[arg-type]
+            backend = LocalBackend(JobPipeline(FakeRegistry(), [write_basic_results]), ex)  # type: ignore[arg-type]
+            await Worker(store, backend, EventBus(), tmp_path / "results").process(job)
         done = await store.get(intake)
         assert done.state == "failed" and "GPU ran out of memory" in done.detail
     finally:

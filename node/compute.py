@@ -1,0 +1,177 @@
+"""Where a job's inference and result encoding run: in this process (an executor) or on Ray actors.
+
+Both backends run the same JobPipeline; the Ray one ships the series' bytes to an actor (so the
+cluster needs no shared filesystem) and gets the result files' bytes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ai.bundle import SlidingWindow
+from ai.device import choose_device
+from ai.registry import ModelRegistry
+from ai.segmenter import ModelCard
+from node.fsutil import make_dirs, write_atomic
+from node.inference import SeriesResult, segment_series
+from node.jobs.store import JobView
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+ResultWriter = Callable[[JobView, Path, list[SeriesResult], ModelCard], dict[str, Any]]
+
+
+class Requeue(Exception):
+    """The job could not run here for a reason that is not the job's fault (a Ray actor died)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    summary: dict[str, Any]
+    detail: str
+    inference_s: float
+
+
+def ready_detail(results: list[SeriesResult], seconds: float) -> str:
+    parts = [f"{m.name} {m.volume_ml:.0f} mL" for r in results for m in r.measurements]
+    return f"segmented in {seconds:.1f} s: " + (", ".join(parts) or "nothing found")
+
+
+class JobPipeline:
+    """Model + series -> results on disk. Synchronous; runs on an executor thread or inside an actor."""
+
+    def __init__(self, registry: ModelRegistry, writers: Sequence[ResultWriter]) -> None:
+        self.registry = registry
+        self.writers = list(writers)
+
+    def run(self, job: JobView, inputs: dict[str, Sequence[str | Path | bytes]], folder: Path,
+            progress: Progress) -> Outcome:
+        started = time.monotonic()
+        try:
+            model = self.registry.get(job.model)
+            results = []
+            n = len(job.series_instance_uids)
+            for i, uid in enumerate(job.series_instance_uids):
+                def part(f: float, stage: str, i: int = i) -> None:
+                    progress((i + f) / n, (f"series {i + 1}/{n}: " if n > 1 else "") + stage)
+                results.append(segment_series(uid, inputs[uid], model, part))
+            inference_s = time.monotonic() - started
+            summary: dict[str, Any] = {}
+            for writer in self.writers:
+                summary.update(writer(job, folder, results, model.card))
+            return Outcome(summary, ready_detail(results, time.monotonic() - started), inference_s)
+        finally:
+            if self.registry.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+class Backend(Protocol):
+    device: torch.device
+
+    async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
+        """Raises UnsuitableSeries / ModelUnavailable (the job fails), Requeue (it goes back to the queue)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalBackend:
+    def __init__(self, pipeline: JobPipeline, executor: Executor) -> None:
+        self.pipeline = pipeline
+        self.executor = executor
+        self.device = pipeline.registry.device
+
+    async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.pipeline.run, job, inputs, folder, progress)
+
+    async def close(self) -> None:
+        return None
+
+
+def _actor_class() -> Any:
+    import ray
+
+    @ray.remote
+    class SegnodeActor:
+        """One model loaded once per actor; gets series bytes, returns result files as bytes."""
+
+        def __init__(self, models_dir: str, device: str, window: SlidingWindow | None,
+                     writers: Sequence[ResultWriter]) -> None:
+            self.pipeline = JobPipeline(ModelRegistry(Path(models_dir), choose_device(device), window), writers)
+
+        def process(self, job: JobView, inputs: dict[str, list[bytes]]) -> tuple[Outcome, dict[str, bytes]]:
+            with tempfile.TemporaryDirectory(prefix="segnode-") as tmp:
+                outcome = self.pipeline.run(job, inputs, Path(tmp), lambda _f, _s: None)
+                return outcome, {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return SegnodeActor
+
+
+class RayBackend:
+    """Inference on Ray actors (a local `ray.init` or the cluster at `address`); the node stays the
+    DICOM endpoint and keeps claiming jobs from its store."""
+
+    def __init__(self, *, address: str, num_cpus: int, actors: int, gpus_per_actor: float, models_dir: Path,
+                 device: str, window: SlidingWindow | None, writers: Sequence[ResultWriter]) -> None:
+        import ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            else:
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         logging_level=logging.WARNING)
+        self._ray = ray
+        self._cls = _actor_class().options(num_cpus=1, num_gpus=gpus_per_actor)
+        self._args = (str(models_dir), device, window, list(writers))
+        self.device = torch.device("cuda" if gpus_per_actor > 0 else "cpu")
+        self.actors = [self._cls.remote(*self._args) for _ in range(actors)]
+        self._free: asyncio.Queue[Any] | None = None
+
+    async def _pool(self) -> asyncio.Queue[Any]:
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for a in self.actors:
+                self._free.put_nowait(a)
+        return self._free
+
+    async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
+        pool = await self._pool()
+        actor = await pool.get()
+        try:
+            payload = await asyncio.to_thread(lambda: {uid: [Path(p).read_bytes() for p in paths]
+                                                       for uid, paths in inputs.items()})
+            progress(0.05, "sent to a Ray actor")
+            outcome, files = await actor.process.remote(job, payload)
+        except self._ray.exceptions.RayActorError as exc:
+            logger.warning("job %s: Ray actor died (%s); starting a new one", job.id, type(exc).__name__)
+            idx = self.actors.index(actor)
+            actor = self.actors[idx] = self._cls.remote(*self._args)
+            raise Requeue(f"the Ray actor running it died ({type(exc).__name__})") from None
+        finally:
+            pool.put_nowait(actor)
+        make_dirs(folder)
+        for name, data in files.items():
+            await asyncio.to_thread(write_atomic, folder / name, data)
+        return outcome
+
+    async def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self._ray.shutdown()
