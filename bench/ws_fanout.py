@@ -32,7 +32,8 @@ async def clients_receive(url: str, n_clients: int, n_events: int, skip_first: b
     """Connect n clients; each records (receive time - event time) for every event; return latencies, lost."""
     latencies: list[float] = []
     lost = 0
-    async with aiohttp.ClientSession() as http:
+    # the default connector caps a session at 100 connections
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         sockets = [await http.ws_connect(url, max_msg_size=0) for _ in range(n_clients)]
         if skip_first:
             for ws in sockets:
