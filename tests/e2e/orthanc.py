@@ -85,6 +85,13 @@ class OrthancProcess:
                 out += [self.get(f"/instances/{i}") for i in series["Instances"]]
         return out
 
+    def modalities_in_study(self, study_instance_uid: str) -> set[str]:
+        """The modalities of the series Orthanc holds for a study (empty if it has none)."""
+        found = self._request("/tools/lookup", study_instance_uid.encode(), "POST")
+        return {self.get(f"/series/{series_id}")["MainDicomTags"].get("Modality", "")
+                for hit in found if hit["Type"] == "Study"
+                for series_id in self.get(f"/studies/{hit['ID']}")["Series"]}
+
     def file(self, instance_id: str) -> bytes:
         return self.get(f"/instances/{instance_id}/file")
 
