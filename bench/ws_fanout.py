@@ -27,11 +27,17 @@ from node.jobs.states import JobState
 from node.jobs.store import InstanceRecord
 from node.settings import load_settings
 
+IDLE_S = 30.0       # a client that hears nothing for this long stops listening (the run is over or stuck)
 
-async def clients_receive(url: str, n_clients: int, n_events: int, skip_first: bool) -> tuple[list[float], int]:
-    """Connect n clients; each records (receive time - event time) for every event; return latencies, lost."""
+
+async def clients_receive(url: str, n_clients: int, n_events: int, skip_first: bool) -> tuple[list[float], int, int]:
+    """Connect n clients; each records (receive time - event time) for every event.
+
+    Returns the latencies, the events some client never received, and how many clients the server
+    closed early (a Segnode client that falls behind its queue is told to resync and closed).
+    """
     latencies: list[float] = []
-    lost = 0
+    lost = closed_early = 0
     # the default connector caps a session at 100 connections
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         sockets = [await http.ws_connect(url, max_msg_size=0) for _ in range(n_clients)]
@@ -41,31 +47,32 @@ async def clients_receive(url: str, n_clients: int, n_events: int, skip_first: b
         ready.set()
 
         async def one(ws: aiohttp.ClientWebSocketResponse) -> None:
-            nonlocal lost
+            nonlocal lost, closed_early
             got = 0
-            try:
-                async with asyncio.timeout(120):
-                    while got < n_events:
+            while got < n_events:
+                try:
+                    async with asyncio.timeout(IDLE_S):
                         msg = await ws.receive()
-                        if msg.type != aiohttp.WSMsgType.TEXT:
-                            break
-                        data = json.loads(msg.data)
-                        if "t" in data or "detail" in data:
-                            sent = float(data.get("t") or data["detail"])
-                            latencies.append(time.perf_counter() - sent)
-                            got += 1
-            except TimeoutError:
-                pass
+                except TimeoutError:
+                    break
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    closed_early += 1
+                    break
+                data = json.loads(msg.data)
+                if "t" in data or "detail" in data:
+                    sent = float(data.get("t") or data["detail"])
+                    latencies.append(time.perf_counter() - sent)
+                    got += 1
             lost += n_events - got
         await asyncio.gather(*(one(ws) for ws in sockets))
         for ws in sockets:
             await ws.close()
-    return latencies, lost
+    return latencies, lost, closed_early
 
 ready = asyncio.Event()
 
 
-async def bare_run(n_clients: int, n_events: int) -> tuple[list[float], int, float]:
+async def bare_run(n_clients: int, n_events: int) -> tuple[list[float], int, int, float]:
     sockets: set[web.WebSocketResponse] = set()
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -92,13 +99,13 @@ async def bare_run(n_clients: int, n_events: int) -> tuple[list[float], int, flo
         for ws in list(sockets):                # the aiohttp example: await each socket in turn
             await ws.send_str(payload)
         await asyncio.sleep(0)
-    latencies, lost = await receiving
+    latencies, lost, closed = await receiving
     total = time.perf_counter() - t0
     await runner.cleanup()
-    return latencies, lost, total
+    return latencies, lost, closed, total
 
 
-async def node_run(n_clients: int, n_events: int) -> tuple[list[float], int, float]:
+async def node_run(n_clients: int, n_events: int) -> tuple[list[float], int, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(env={"SEGNODE_NODE__DATA_DIR": tmp, "SEGNODE_DICOM__PORT": "0",
                                       "SEGNODE_HTTP__PORT": "0", "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1",
@@ -122,11 +129,11 @@ async def node_run(n_clients: int, n_events: int) -> tuple[list[float], int, flo
             # a real job event: written to the store, then published (the detail carries the send time)
             event = await store.progress(job_id, i / n_events, repr(time.perf_counter()))
             node.bus.publish([event])
-        latencies, lost = await receiving
+        latencies, lost, closed = await receiving
         total = time.perf_counter() - t0
         await node.stop()
 
-    return latencies, lost, total
+    return latencies, lost, closed, total
 
 
 def pct(values: list[float], q: float) -> float:
@@ -140,20 +147,20 @@ async def main() -> None:
     args = ap.parse_args()
     import logging
     logging.disable(logging.INFO)
-    bare_lat, bare_lost, bare_total = await bare_run(args.clients, args.events)
-    node_lat, node_lost, node_total = await node_run(args.clients, args.events)
+    bare_lat, bare_lost, bare_closed, bare_total = await bare_run(args.clients, args.events)
+    node_lat, node_lost, node_closed, node_total = await node_run(args.clients, args.events)
     result = {"clients": args.clients, "events": args.events,
               "bare": {"p50_ms": 1000 * pct(bare_lat, 50), "p99_ms": 1000 * pct(bare_lat, 99), "lost": bare_lost,
-                       "total_s": bare_total},
+                       "closed_early": bare_closed, "total_s": bare_total},
               "segnode": {"p50_ms": 1000 * pct(node_lat, 50), "p99_ms": 1000 * pct(node_lat, 99), "lost": node_lost,
-                          "total_s": node_total}}
+                          "closed_early": node_closed, "total_s": node_total}}
     result["ratios"] = {"p50": result["segnode"]["p50_ms"] / result["bare"]["p50_ms"],
                         "p99": result["segnode"]["p99_ms"] / result["bare"]["p99_ms"],
                         "total": node_total / bare_total}
     for name in ("bare", "segnode"):
         r = result[name]
         print(f"{name:8s} p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  lost {r['lost']}  "
-              f"total {r['total_s']:.1f} s")
+              f"closed early {r['closed_early']}  total {r['total_s']:.1f} s")
     print("ratios segnode/bare:", {k: round(v, 2) for k, v in result["ratios"].items()})
     print("wrote", write_result("ws_fanout", result))
 

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 
 from viewer_api.keys import JOBS, NODE, WEBSOCKETS, WS_SETTINGS
 from viewer_api.views import audit, json_error, who
+
+
+@functools.lru_cache(maxsize=4096)
+def event_text(event: Any) -> str:
+    """An event's JSON message, encoded once however many clients receive it (events are immutable)."""
+    return json.dumps(event.as_message())
 
 
 def _matches(event: Any, study: str | None, job_id: str | None) -> bool:
@@ -46,27 +54,32 @@ async def jobs_socket(request: web.Request) -> web.WebSocketResponse:
                 if e.seq > head:
                     break
                 if _matches(e, study, job_id):
-                    await ws.send_json(e.as_message())
+                    await ws.send_str(event_text(e))
         reader = asyncio.ensure_future(ws.receive())   # notices the client closing
-        while not ws.closed:
-            getter = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                getter.cancel()
-                break
-            event = getter.result()
+        while not ws.closed and not reader.done():
+            pending: list[Any] = []
+            if sub.queue.empty():
+                getter = asyncio.ensure_future(sub.queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getter.cancel()
+                    break
+                pending.append(getter.result())
+            while not sub.queue.empty():              # a burst goes out without a wait per event
+                pending.append(sub.queue.get_nowait())
             if sub.overflowed:        # it fell behind: the store has everything; the client resumes from `last`
                 await ws.send_json({"type": "resync", "seq": last})
                 await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect with since")
                 break
-            if event.seq <= last:
-                continue
-            batch = [event] if event.seq == last + 1 else \
-                [e for e in await jobs.events(since=last, limit=1_000_000) if e.seq <= event.seq]
-            for e in batch:
-                last = e.seq
-                if _matches(e, study, job_id):
-                    await ws.send_json(e.as_message())
+            for event in pending:
+                if event.seq <= last:
+                    continue
+                batch = [event] if event.seq == last + 1 else \
+                    [e for e in await jobs.events(since=last, limit=1_000_000) if e.seq <= event.seq]
+                for e in batch:
+                    last = e.seq
+                    if _matches(e, study, job_id):
+                        await ws.send_str(event_text(e))
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
