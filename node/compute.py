@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +24,11 @@ from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
 from ai.segmenter import ModelCard
+from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
 from node.inference import SeriesResult, segment_series
 from node.jobs.store import JobView
+from node.settings import ray_address_parts
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,16 @@ def _actor_class() -> Any:
     return SegnodeActor
 
 
+def probe_ray_head(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one sentence, when nothing listens at the Ray head's address."""
+    host, port = ray_address_parts(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ComputeUnavailable(f"cannot reach the Ray cluster at {address} ({exc.strerror or type(exc).__name__});"
+                                 " start it, or fix [compute] ray_address") from None
+
+
 class RayBackend:
     """Inference on Ray actors (a local `ray.init` or the cluster at `address`); the node stays the
     DICOM endpoint and keeps claiming jobs from its store."""
@@ -132,6 +145,7 @@ class RayBackend:
         import ray
         if not ray.is_initialized():
             if address:
+                probe_ray_head(address)     # ray.init itself waits minutes on an address nobody answers
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
             else:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -143,6 +157,10 @@ class RayBackend:
         self.device = torch.device("cuda" if gpus_per_actor > 0 else "cpu")
         self.actors = [self._cls.remote(*self._args) for _ in range(actors)]
         self._free: asyncio.Queue[Any] | None = None
+        resources = ray.cluster_resources()
+        logger.info("inference on %s (%g CPUs, %g GPUs): %d actor(s)",
+                    f"the Ray cluster at {address}" if address else "a local Ray", resources.get("CPU", 0),
+                    resources.get("GPU", 0), actors)
 
     async def _pool(self) -> asyncio.Queue[Any]:
         if self._free is None:

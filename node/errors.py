@@ -27,6 +27,10 @@ class SpoolFull(SegnodeError, OSError):
     """Free disk space is below the configured floor."""
 
 
+class ComputeUnavailable(SegnodeError, ConnectionError):
+    """The configured compute backend (a Ray cluster) cannot be reached at start-up."""
+
+
 class SendError(SegnodeError):
     """Delivery of a result failed; `retryable` tells the outbox whether to try again."""
 

@@ -119,7 +119,7 @@ class ComputeSettings:
     backend: str = "local"
     device: str = "auto"
     workers: int = 1                  # jobs at once; with ray: the number of actors
-    ray_address: str = ""             # empty: start a local Ray; else e.g. "ray://head:10001"
+    ray_address: str = ""             # empty: start a local Ray; else the cluster's GCS "head-host:6379"
     ray_num_cpus: int = 2             # CPUs of the local Ray (ignored with an address)
     ray_gpus_per_actor: float = 0.0   # 1.0 puts each actor on its own GPU
 
@@ -130,6 +130,21 @@ class ComputeSettings:
             raise ConfigError(f"[compute] device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if not 1 <= self.workers <= 64:
             raise ConfigError(f"[compute] workers must be 1-64, got {self.workers}")
+        if self.ray_address:
+            ray_address_parts(self.ray_address)
+
+
+def ray_address_parts(address: str) -> tuple[str, int]:
+    """Split a Ray cluster address "host:port" (the head's GCS port, 6379 by default); ConfigError otherwise."""
+    if address.startswith("ray://"):
+        raise ConfigError(f"[compute] ray_address {address!r} is a Ray Client address, which Segnode does not use: "
+                          "make this host a Ray node (`ray start --address=HEAD:6379 --num-cpus=0`) and set "
+                          "ray_address = \"HEAD:6379\"")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"[compute] ray_address must be the Ray head's \"host:port\" (e.g. \"ray-head:6379\"), "
+                          f"got {address!r}")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True, slots=True)

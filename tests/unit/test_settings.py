@@ -43,6 +43,8 @@ def test_every_default_is_written_in_the_defaults_file() -> None:
     ({"SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "0"}, "[dicom] study_quiet_period_s must be"),
     ({"SEGNODE_COMPUTE__BACKEND": "spark"}, "[compute] backend must be 'local' or 'ray'"),
     ({"SEGNODE_DICOM__COLOUR": "red"}, "[dicom] has unknown key(s) colour"),
+    ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray-head"}, "[compute] ray_address must be the Ray head's \"host:port\""),
+    ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray://head:10001"}, "is a Ray Client address, which Segnode does not use"),
     ({"SEGNODE_NOPE__X": "1"}, "unknown section [nope]"),
 ])
 def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(env: dict[str, str], message: str) -> None:
