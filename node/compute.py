@@ -149,7 +149,8 @@ class RayBackend:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
             else:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                # "local": always our own instance, never a cluster some other program left on this host
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                          logging_level=logging.WARNING)
         self._ray = ray
         self._cls = _actor_class().options(num_cpus=1, num_gpus=gpus_per_actor)
