@@ -25,6 +25,7 @@ from monai.transforms import Compose
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ai.device import to_device
 from ai.errors import ModelUnavailable
 from ai.segmenter import LabelSpec, ModelCard, Progress, check_suitable
 from ai.volume import Volume
@@ -164,7 +165,7 @@ class BundleSegmenter:
             image = MetaTensor(torch.from_numpy(xyz)[None], affine=torch.from_numpy(_ras_affine(volume)))
         report(0.05, "preprocessing")
         data = self.preprocessing({"image": image})
-        x = data["image"].to(self.device)[None]
+        x = to_device(data["image"].as_tensor(), self.device)[None]
         use_amp = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=use_amp):
             pred = self._infer(x, report)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
+from ai.device import to_device
 from ai.segmenter import LabelSpec, ModelCard, Progress, check_suitable
 from ai.volume import Volume
 
@@ -93,7 +94,7 @@ class CtBasic:
         report = progress or (lambda _f, _s: None)
         voxel_ml = float(np.prod(volume.spacing_mm)) / 1000.0
         with torch.inference_mode():
-            hu = torch.from_numpy(volume.voxels).to(self.device, non_blocking=True)
+            hu = to_device(torch.from_numpy(volume.voxels), self.device)
             report(0.1, "body outline")
             body = _erode2d(hu > BODY_HU)                     # an opening drops noise specks and thin table edges,
             body = _dilate2d(body)                            # then restores the outline

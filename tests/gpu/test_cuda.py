@@ -8,7 +8,7 @@ import torch
 
 from ai.bundle import BundleSegmenter
 from ai.ct_basic import CtBasic
-from ai.device import choose_device
+from ai.device import choose_device, to_device
 from ai.measure import dice
 from ai.volume import volume_from_datasets
 from node.synth.phantom import make_phantom
@@ -37,3 +37,10 @@ def test_bundle_with_amp_on_cuda_matches_cpu(models_dir: Path, volume) -> None:
     for label in (1, 2, 3):
         assert dice(gpu == label, cpu == label) > 0.99
     torch.cuda.empty_cache()
+
+
+def test_to_device_goes_through_pinned_memory_to_cuda() -> None:
+    t = torch.randn(4, 64, 64)
+    moved = to_device(t, torch.device("cuda"))
+    assert moved.is_cuda
+    assert torch.equal(moved.cpu(), t)
