@@ -1,7 +1,7 @@
 """Ingest: the same generated study sent by storescu (TCP_NODELAY=1) to Segnode, to DCMTK storescp
 (writing files) and to Orthanc, in one run: instances/s, MB/s and the ratios.
 
-  python bench/ingest.py                 # 300 x 128 KB CT instances, one association, best of 3
+  python bench/ingest.py                 # 300 x 128 KB CT instances, one association, best of 5 rounds
 Writes bench/out/ingest.json.
 
 Every send is a fresh copy of the study (new UIDs, same pixels), so no receiver takes its duplicate
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,15 +29,6 @@ from tests.e2e.dcmtk import storescu
 from tests.e2e.node_process import NodeProcess
 from tests.e2e.orthanc import OrthancProcess
 from tests.helpers import free_port, peer_env, tool, wait_until
-
-
-def best_of(studies: Sequence[Path], run: Callable[[Path], None]) -> float:
-    best = float("inf")
-    for folder in studies:
-        t = time.perf_counter()
-        run(folder)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def sender(port: int, called: str) -> Callable[[Path], None]:
@@ -60,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -68,36 +59,35 @@ def main() -> None:
                    for i in range(args.repeat)]
         files = sorted(studies[0].iterdir())
         n, mb = len(files), sum(f.stat().st_size for f in files) / 1e6
-        times: dict[str, float] = {}
-
         (tmp / "floor").mkdir()
-        times["durable_write_floor"] = best_of(studies, durable_writes(tmp / "floor"))
-
-        port = free_port()
         (tmp / "ref").mkdir()
+        port = free_port()
         ref = subprocess.Popen([tool("storescp"), "-aet", "REF", "+xa", "-pm", "-dhl", "-od", str(tmp / "ref"),
                                 "-fe", ".dcm", str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
+        node = NodeProcess(tmp / "node", node__log_level="WARNING", dicom__study_quiet_period_s="3600")
+        orthanc = OrthancProcess(tmp / "orthanc")
         try:
             wait_until(lambda: subprocess.run([tool("echoscu"), "-aec", "REF", "127.0.0.1", str(port)],
                                               capture_output=True).returncode == 0, 10, "storescp")
-            times["dcmtk_storescp"] = best_of(studies, sender(port, "REF"))
-        finally:
-            ref.terminate()
-            ref.wait(10)
-
-        node = NodeProcess(tmp / "node", node__log_level="WARNING", dicom__study_quiet_period_s="3600").start()
-        try:
-            times["segnode"] = best_of(studies, sender(node.dicom_port, "SEGNODE"))
+            node.start()
+            orthanc.start()
+            runs: dict[str, Callable[[Path], None]] = {
+                "durable_write_floor": durable_writes(tmp / "floor"), "dcmtk_storescp": sender(port, "REF"),
+                "segnode": sender(node.dicom_port, "SEGNODE"), "orthanc": sender(orthanc.dicom_port, "ORTHANC")}
+            # rounds interleave the receivers, so a noisy moment on a shared machine hits them alike
+            times = {name: float("inf") for name in runs}
+            for folder in studies:
+                for name, run in runs.items():
+                    t = time.perf_counter()
+                    run(folder)
+                    times[name] = min(times[name], time.perf_counter() - t)
             wait_until(lambda: node.get("/api/health")["instances_received"] == n * len(studies), 30,
                        "every instance recorded")
         finally:
+            ref.terminate()
+            ref.wait(10)
             node.stop()
-
-        orthanc = OrthancProcess(tmp / "orthanc").start()
-        try:
-            times["orthanc"] = best_of(studies, sender(orthanc.dicom_port, "ORTHANC"))
-        finally:
             orthanc.stop()
 
     rates = {k: {"instances_per_s": n / v, "mb_per_s": mb / v, "seconds": v} for k, v in times.items()}

@@ -25,7 +25,7 @@ from node.events import EventBus, Subscription
 from node.fsutil import free_bytes, make_dirs
 from node.ingest import Ingest
 from node.jobs.states import JobState
-from node.jobs.store import JobEvent, JobStore, JobView
+from node.jobs.store import InstanceRecord, JobEvent, JobStore, JobView, RecordOutcome
 from node.outbox import Outbox
 from node.scp import StorageSCP
 from node.senders import make_sender
@@ -109,7 +109,18 @@ class Node:
         await site.start()
 
         bridge = LoopBridge(asyncio.get_running_loop(), s.dicom.record_timeout_s)
-        self.scp = StorageSCP(s.dicom, self.spool, functools.partial(bridge.call, self.ingest.record))
+        if self.store.records_in_thread:
+            # SQLite: the association thread commits its row itself, then tells the loop; two thread hops
+            # fewer per instance than going through the loop (about +20 % instances/s on one association)
+            store, ingest, timeout_s = self.store, self.ingest, s.dicom.record_timeout_s
+
+            def record(rec: InstanceRecord) -> RecordOutcome:
+                outcome = store.record_instance_blocking(rec, timeout_s)
+                bridge.notify(ingest.recorded, outcome)
+                return outcome
+        else:
+            record = functools.partial(bridge.call, self.ingest.record)
+        self.scp = StorageSCP(s.dicom, self.spool, record)
         await asyncio.to_thread(self.scp.start)
         logger.info("segnode ready: DICOM %s on port %d, HTTP http://%s:%d, data in %s", s.dicom.ae_title,
                     self.scp.port, s.http.host, self.http_port, data)

@@ -22,3 +22,7 @@ class LoopBridge:
         except TimeoutError:
             future.cancel()
             raise
+
+    def notify(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Schedule `fn(*args)` on the loop and return at once (from any thread)."""
+        self._loop.call_soon_threadsafe(fn, *args)

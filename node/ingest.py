@@ -33,12 +33,16 @@ class Ingest:
     async def record(self, rec: InstanceRecord) -> RecordOutcome:
         """Commit the instance row; called (through the bridge) before the SCP answers Success."""
         outcome = await self._store.record_instance(rec)
+        self.recorded(outcome)
+        return outcome
+
+    def recorded(self, outcome: RecordOutcome) -> None:
+        """On the loop, after an instance row committed (here or in an association thread)."""
         if not outcome.duplicate:
             self.instances_received += 1
         self._assembler.instance_received(outcome.intake_id)
         self._bus.publish(outcome.events)
         self._wake.set()
-        return outcome
 
     async def route_stable(self) -> int:
         """Route every intake that has been quiet long enough; return how many were routed."""

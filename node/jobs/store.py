@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -145,7 +146,8 @@ class JobStore:
         self._session = async_sessionmaker(engine, expire_on_commit=False)
         # Writers take turns: SQLite has one writer anyway (and two deferred transactions upgrading at
         # once fail with "database is locked"), and the intake cache below is only right if they do.
-        self._write_lock = asyncio.Lock()
+        # A thread lock, because association threads record instances directly (record_instance_blocking).
+        self._write_lock = threading.Lock()
         self._pending: list[tuple[InstanceRecord, asyncio.Future[RecordOutcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._ingest_engine: Engine | None = None
@@ -154,13 +156,41 @@ class JobStore:
 
     @asynccontextmanager
     async def _write_guard(self) -> AsyncIterator[None]:
-        async with self._write_lock:
+        """Hold the writer lock from the loop without ever blocking it."""
+        if not self._write_lock.acquire(blocking=False):
+            waiting = asyncio.ensure_future(asyncio.to_thread(self._write_lock.acquire))
+            try:
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:     # the thread still gets the lock: hand it straight back
+                waiting.add_done_callback(lambda f: f.cancelled() or self._write_lock.release())
+                raise
+        try:
             yield
+        finally:
+            self._write_lock.release()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
-        async with self._write_lock, self._session() as s, s.begin():
+        async with self._write_guard(), self._session() as s, s.begin():
             yield s
+
+    @property
+    def records_in_thread(self) -> bool:
+        """True when record_instance_blocking is available (SQLite): association threads commit directly."""
+        return self._ingest_engine is not None
+
+    def record_instance_blocking(self, rec: InstanceRecord, timeout_s: float) -> RecordOutcome:
+        """record_instance for a non-loop thread (a pynetdicom association): commit the row in this thread,
+        with no hop through the event loop. Raises TimeoutError when the store stays busy for `timeout_s`."""
+        assert self._ingest_engine is not None, "record_instance_blocking needs the SQLite ingest engine"
+        if not self._write_lock.acquire(timeout=timeout_s):
+            raise TimeoutError(f"job store busy for {timeout_s:g} s")
+        try:
+            outcome = self._write_records_sync([rec])[0]
+            self._intakes = self._next_intakes
+            return outcome
+        finally:
+            self._write_lock.release()
 
     @classmethod
     async def open(cls, url: str) -> JobStore:
