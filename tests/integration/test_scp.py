@@ -212,3 +212,20 @@ async def test_instances_of_two_studies_make_two_jobs(node: Node, ct_series: lis
         return jobs if len(jobs) == 2 else None
     jobs = await async_wait_until(done, 20, "two segmented jobs")
     assert {j.study_instance_uid for j in jobs} == {ct_series[0].StudyInstanceUID, other_study}
+
+
+async def test_a_busy_job_store_answers_out_of_resources_and_the_resend_is_kept(
+        tmp_path: Path, ct_series: list[Dataset]) -> None:
+    node = Node(node_settings(tmp_path, dicom__record_timeout_s="0.5"))
+    await node.start()
+    try:
+        async with node.store._write_guard():             # another writer holds the store past the timeout
+            busy = (await send(node, ct_series[:1]))[0]
+        again = (await send(node, ct_series[:1]))[0]
+        jobs = await node.store.list_jobs()
+    finally:
+        await node.stop()
+    assert busy.Status == StoreStatus.OUT_OF_RESOURCES
+    assert "job store unavailable" in busy.ErrorComment
+    assert again.Status == StoreStatus.SUCCESS
+    assert [j.instance_count for j in jobs] == [1]

@@ -90,3 +90,35 @@ async def test_event_seq_is_strictly_increasing_for_replay(store: JobStore) -> N
     seqs = [e.seq for e in await store.events()]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     assert [e.seq for e in await store.events(since=seqs[2])] == seqs[3:]
+
+
+async def test_a_writer_cancelled_while_waiting_for_the_lock_does_not_keep_it(store: JobStore) -> None:
+    import asyncio
+    import threading
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:                 # e.g. an association thread committing a row
+        with store._write_lock:
+            held.set()
+            release.wait(5)
+    t = threading.Thread(target=other_writer)
+    t.start()
+    held.wait(5)
+    async def write() -> None:
+        async with store._write_guard():
+            raise AssertionError("the cancelled writer must never get to write")
+    waiting = asyncio.create_task(write())
+    await asyncio.sleep(0.1)
+    waiting.cancel()
+    release.set()
+    t.join(5)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for _ in range(100):                          # the waiting thread takes the lock, then hands it back
+        await asyncio.sleep(0.02)
+        if not store._write_lock.locked():
+            break
+    assert not store._write_lock.locked(), "a cancelled writer kept the store's writer lock"
+    outcome = await asyncio.wait_for(store.record_instance(rec("1.2")), 5)   # the lock came back
+    assert not outcome.duplicate
+    assert store.record_instance_blocking(rec("1.3"), timeout_s=1).intake_id == outcome.intake_id
