@@ -115,7 +115,9 @@ class OrthancRestSender:
         client = OrthancApiClient(d.url, user=d.username or None, pwd=d.password() or None)
         for path in paths:
             try:
-                client.upload(path.read_bytes())
+                # POST /instances as client.upload() does, but with our timeout: a PACS that accepts the
+                # connection and never answers must not hold the job in `sending` for ever
+                client.post("instances", data=path.read_bytes(), timeout=self.timeout_s)
             except (orthanc_errors.NotAuthorized, orthanc_errors.Forbidden) as exc:
                 raise SendError(f"{d.name} answered {exc.http_status_code} ({exc.msg.split('.')[0]}): check "
                                 f"username and ${d.password_env or '<password_env>'}", retryable=False) from None
