@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from node.config_keys import check_keys
 from node.errors import ConfigError
 
 _KEYS = {"name", "kind", "host", "port", "ae_title", "url", "username", "password_env"}
@@ -42,12 +43,7 @@ class Destination:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], index: int) -> Destination:
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"[[destinations]] entry {index} must be a table")
-        unknown = sorted(set(raw) - _KEYS)
-        if unknown:
-            raise ConfigError(f"[[destinations]] entry {index} has unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(_KEYS))} (passwords come from password_env)")
+        raw = check_keys(raw, _KEYS, f"[[destinations]] entry {index}", "passwords come from password_env")
         try:
             return cls(**{k: (int(v) if k == "port" else str(v)) for k, v in raw.items()})
         except ValueError as exc:

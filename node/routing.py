@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.config_keys import check_keys
 from node.errors import ConfigError
 
 _MATCH_KEYS = {"modality", "body_part", "series_description", "calling_ae", "min_slices", "max_slices"}
@@ -60,17 +61,8 @@ class Rule:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], index: int = 0) -> Rule:
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"[[rules]] entry {index} must be a table")
-        unknown = sorted(set(raw) - _RULE_KEYS)
-        if unknown:
-            raise ConfigError(f"[[rules]] entry {index} has unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(_RULE_KEYS))}")
-        match = raw.get("match", {})
-        unknown = sorted(set(match) - _MATCH_KEYS)
-        if unknown:
-            raise ConfigError(f"[[rules]] entry {index} match has unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(_MATCH_KEYS))}")
+        raw = check_keys(raw, _RULE_KEYS, f"[[rules]] entry {index}")
+        match = check_keys(raw.get("match", {}), _MATCH_KEYS, f"[[rules]] entry {index} match")
 
         def strings(value: Any, key: str) -> tuple[str, ...]:
             if isinstance(value, str):

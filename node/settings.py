@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.config_keys import check_keys
 from node.destinations import Destination
 from node.errors import ConfigError
 from node.routing import Rule
@@ -288,10 +289,7 @@ def _coerce(section: str, key: str, hint: Any, value: Any) -> Any:
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"[{name}] has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    check_keys(raw, {f.name for f in dataclasses.fields(cls)}, f"[{name}]")
     return cls(**{k: _coerce(name, k, hints[k], v) for k, v in raw.items()})
 
 
