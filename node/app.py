@@ -77,8 +77,8 @@ class Node:
         if c.backend == "ray":
             self.backend: Backend = await asyncio.to_thread(functools.partial(
                 RayBackend, address=c.ray_address, num_cpus=c.ray_num_cpus, actors=c.workers,
-                gpus_per_actor=c.ray_gpus_per_actor, models_dir=m.path, device=c.device, window=window,
-                writers=writers))
+                gpus_per_actor=c.ray_gpus_per_actor, cpus_per_actor=c.actor_cpus(), models_dir=m.path,
+                device=c.device, window=window, writers=writers))
         else:
             self._executor = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="inference")
             self.backend = LocalBackend(JobPipeline(self.registry, writers), self._executor)

@@ -123,6 +123,9 @@ def _actor_class() -> Any:
         def pid(self) -> int:
             return os.getpid()
 
+        def threads(self) -> int:
+            return torch.get_num_threads()
+
     return SegnodeActor
 
 
@@ -140,8 +143,8 @@ class RayBackend:
     """Inference on Ray actors (a local `ray.init` or the cluster at `address`); the node stays the
     DICOM endpoint and keeps claiming jobs from its store."""
 
-    def __init__(self, *, address: str, num_cpus: int, actors: int, gpus_per_actor: float, models_dir: Path,
-                 device: str, window: SlidingWindow | None, writers: Sequence[ResultWriter]) -> None:
+    def __init__(self, *, address: str, num_cpus: int, actors: int, gpus_per_actor: float, cpus_per_actor: int,
+                 models_dir: Path, device: str, window: SlidingWindow | None, writers: Sequence[ResultWriter]) -> None:
         import ray
         if not ray.is_initialized():
             if address:
@@ -153,15 +156,16 @@ class RayBackend:
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                          logging_level=logging.WARNING)
         self._ray = ray
-        self._cls = _actor_class().options(num_cpus=1, num_gpus=gpus_per_actor)
+        # Ray sets OMP_NUM_THREADS to an actor's num_cpus, so this is also how many threads torch uses in it
+        self._cls = _actor_class().options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
         self._args = (str(models_dir), device, window, list(writers))
         self.device = torch.device("cuda" if gpus_per_actor > 0 else "cpu")
         self.actors = [self._cls.remote(*self._args) for _ in range(actors)]
         self._free: asyncio.Queue[Any] | None = None
         resources = ray.cluster_resources()
-        logger.info("inference on %s (%g CPUs, %g GPUs): %d actor(s)",
+        logger.info("inference on %s (%g CPUs, %g GPUs): %d actor(s) of %d CPU(s), %g GPU(s)",
                     f"the Ray cluster at {address}" if address else "a local Ray", resources.get("CPU", 0),
-                    resources.get("GPU", 0), actors)
+                    resources.get("GPU", 0), actors, cpus_per_actor, gpus_per_actor)
 
     async def _pool(self) -> asyncio.Queue[Any]:
         if self._free is None:

@@ -123,6 +123,13 @@ class ComputeSettings:
     ray_address: str = ""             # empty: start a local Ray; else the cluster's GCS "head-host:6379"
     ray_num_cpus: int = 2             # CPUs of the local Ray (ignored with an address)
     ray_gpus_per_actor: float = 0.0   # 1.0 puts each actor on its own GPU
+    ray_cpus_per_actor: int = 0       # also the actor's torch threads; 0: ray_num_cpus // workers, or 1 on a cluster
+
+    def actor_cpus(self) -> int:
+        """CPUs (and so torch threads: Ray sets OMP_NUM_THREADS to it) reserved by each inference actor."""
+        if self.ray_cpus_per_actor:
+            return self.ray_cpus_per_actor
+        return 1 if self.ray_address else max(1, self.ray_num_cpus // self.workers)
 
     def __post_init__(self) -> None:
         if self.backend not in {"local", "ray"}:
@@ -133,6 +140,12 @@ class ComputeSettings:
             raise ConfigError(f"[compute] workers must be 1-64, got {self.workers}")
         if self.ray_address:
             ray_address_parts(self.ray_address)
+        if not 0 <= self.ray_cpus_per_actor <= 256:
+            raise ConfigError(f"[compute] ray_cpus_per_actor must be 0 (automatic) to 256, "
+                              f"got {self.ray_cpus_per_actor}")
+        if self.backend == "ray" and not self.ray_address and self.actor_cpus() * self.workers > self.ray_num_cpus:
+            raise ConfigError(f"[compute] {self.workers} workers x {self.actor_cpus()} ray_cpus_per_actor do not fit "
+                              f"in ray_num_cpus = {self.ray_num_cpus}; the extra actors would never start")
 
 
 def ray_address_parts(address: str) -> tuple[str, int]:

@@ -43,6 +43,8 @@ def test_every_default_is_written_in_the_defaults_file() -> None:
     ({"SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "0"}, "[dicom] study_quiet_period_s must be"),
     ({"SEGNODE_COMPUTE__BACKEND": "spark"}, "[compute] backend must be 'local' or 'ray'"),
     ({"SEGNODE_DICOM__COLOUR": "red"}, "[dicom] has unknown key(s) colour"),
+    ({"SEGNODE_COMPUTE__BACKEND": "ray", "SEGNODE_COMPUTE__WORKERS": "3"},
+     "[compute] 3 workers x 1 ray_cpus_per_actor do not fit in ray_num_cpus = 2"),
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray-head"}, "[compute] ray_address must be the Ray head's \"host:port\""),
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray://head:10001"}, "is a Ray Client address, which Segnode does not use"),
     ({"SEGNODE_NOPE__X": "1"}, "unknown section [nope]"),
@@ -71,3 +73,14 @@ def test_store_password_is_masked_in_the_description() -> None:
     s = load_settings(env={"SEGNODE_STORE__URL": "postgresql+asyncpg://segnode:s3cret@db/segnode"})
     assert "s3cret" not in str(s.describe())
     assert s.describe()["store"]["url"] == "postgresql+asyncpg://segnode:***@db/segnode"
+
+
+@pytest.mark.parametrize(("env", "cpus"), [
+    ({}, 2),                                                         # one local actor gets both CPUs
+    ({"SEGNODE_COMPUTE__WORKERS": "2"}, 1),
+    ({"SEGNODE_COMPUTE__RAY_NUM_CPUS": "8", "SEGNODE_COMPUTE__WORKERS": "3"}, 2),
+    ({"SEGNODE_COMPUTE__RAY_ADDRESS": "head:6379"}, 1),               # a cluster's size is not ours to guess
+    ({"SEGNODE_COMPUTE__RAY_ADDRESS": "head:6379", "SEGNODE_COMPUTE__RAY_CPUS_PER_ACTOR": "16"}, 16),
+])
+def test_each_ray_actor_gets_its_share_of_cpus(env: dict[str, str], cpus: int) -> None:
+    assert load_settings(env={"SEGNODE_COMPUTE__BACKEND": "ray", **env}).compute.actor_cpus() == cpus
