@@ -101,6 +101,22 @@ def _ras_affine(volume: Volume) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
+def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(0)` as uint8 labels for up to 256 channels (the first channel wins a tie, as in argmax).
+
+    torch's argmax over the outermost axis of a (C, X, Y, Z) volume runs ~5x slower on the CPU than these
+    C - 1 element-wise passes (3.7 s against 0.7 s for 4 x 384 x 384 x 150); it was a fifth of a bundle's time.
+    """
+    if not 1 <= scores.shape[0] <= 256:
+        raise ValueError(f"channel_argmax takes 1-256 channels, got {scores.shape[0]}")
+    best = scores[0].clone()
+    labels = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        labels.masked_fill_(scores[c] > best, c)
+        torch.maximum(best, scores[c], out=best)
+    return labels
+
+
 class BundleSegmenter:
     """Satisfies ai.segmenter.Segmenter. The network is loaded once, on construction."""
 
@@ -193,5 +209,7 @@ class BundleSegmenter:
             out = self.preprocessing.inverse({"image": pred_mt})["image"]
         arr = torch.as_tensor(out).cpu()
         if arr.ndim == 4:
-            arr = arr.argmax(0) if arr.shape[0] > 1 else arr[0]
+            if arr.shape[0] > 1:
+                return channel_argmax(arr).numpy()
+            arr = arr[0]
         return arr.round().to(torch.uint8).numpy()

@@ -73,3 +73,14 @@ def test_registry_lists_builtin_and_bundles_and_names_unknown_models(models_dir:
     assert reg.get("ct-basic") is reg.get("ct-basic")        # one loaded model, reused
     with pytest.raises(ModelUnavailable, match="no model 'nope'"):
         reg.get("nope")
+
+
+def test_channel_argmax_equals_torch_argmax_ties_included() -> None:
+    import torch
+
+    from ai.bundle import channel_argmax
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randint(0, 4, (5, 9, 8, 7), generator=g).float()      # small integers: many ties
+    assert torch.equal(channel_argmax(scores).long(), scores.argmax(0))
+    assert channel_argmax(scores).dtype == torch.uint8
+    assert torch.equal(channel_argmax(scores[:1]), torch.zeros(9, 8, 7, dtype=torch.uint8))
