@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from node.errors import InvalidTransition, JobNotFound
-from node.jobs.models import AuditRow, Base, Instance, Job, JobEventRow, utcnow
+from node.jobs.models import AuditRow, Instance, Job, JobEventRow, utcnow
+from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
 from node.routing import RoutingOutcome, SeriesInfo
 
@@ -198,7 +199,7 @@ class JobStore:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(upgrade_schema)
         store = cls(engine)
         if engine.dialect.name == "sqlite":
             store._ingest_engine = create_engine(engine.url.set(drivername="sqlite"), poolclass=StaticPool,

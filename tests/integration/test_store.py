@@ -122,3 +122,27 @@ async def test_a_writer_cancelled_while_waiting_for_the_lock_does_not_keep_it(st
     outcome = await asyncio.wait_for(store.record_instance(rec("1.2")), 5)   # the lock came back
     assert not outcome.duplicate
     assert store.record_instance_blocking(rec("1.3"), timeout_s=1).intake_id == outcome.intake_id
+
+
+async def test_a_store_made_by_an_older_segnode_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+    db = tmp_path / "jobs.db"
+    first = await JobStore.open(f"sqlite+aiosqlite:///{db}")
+    intake = (await first.record_instance(rec("1.1"))).intake_id
+    await first.close()
+    with sqlite3.connect(db) as old:              # as an older release left it: no patient columns, no audit
+        old.execute("ALTER TABLE jobs DROP COLUMN patient_name")
+        old.execute("ALTER TABLE jobs DROP COLUMN patient_id")
+        old.execute("DROP TABLE audit_events")
+    store = await JobStore.open(f"sqlite+aiosqlite:///{db}")
+    try:
+        job = await store.get(intake)
+        assert (job.state, job.instance_count) == ("receiving", 1)
+        assert (await store.record_instance(rec("1.2"))).intake_id == intake
+        assert (await store.get(intake)).instance_count == 2
+        with sqlite3.connect(db) as check:
+            names = {row[1] for row in check.execute("PRAGMA table_info(jobs)")}
+            assert {"patient_name", "patient_id"} <= names
+            assert check.execute("SELECT patient_name FROM jobs WHERE id = ?", (intake,)).fetchone() == ("",)
+    finally:
+        await store.close()
