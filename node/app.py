@@ -168,6 +168,7 @@ class Node:
             "instances_received": self.ingest.instances_received,
             "websocket_clients": len(self._ws_clients),
             "compute": {"device": str(self.backend.device), "backend": self.settings.compute.backend,
+                        "placement": self.backend.placement(),
                         "cuda_available": torch.cuda.is_available(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                         "inference_seconds": round(sum(w.inference_seconds for w in self.workers), 3)},

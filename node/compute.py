@@ -89,6 +89,10 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    def placement(self) -> str:
+        """Where jobs run, in words for the admin (status page, /api/health)."""
+        ...
+
 
 class LocalBackend:
     def __init__(self, pipeline: JobPipeline, executor: Executor) -> None:
@@ -102,6 +106,9 @@ class LocalBackend:
 
     async def close(self) -> None:
         return None
+
+    def placement(self) -> str:
+        return f"in this process on {self.device}"
 
 
 def _actor_class() -> Any:
@@ -163,9 +170,10 @@ class RayBackend:
         self.actors = [self._cls.remote(*self._args) for _ in range(actors)]
         self._free: asyncio.Queue[Any] | None = None
         resources = ray.cluster_resources()
-        logger.info("inference on %s (%g CPUs, %g GPUs): %d actor(s) of %d CPU(s), %g GPU(s)",
-                    f"the Ray cluster at {address}" if address else "a local Ray", resources.get("CPU", 0),
-                    resources.get("GPU", 0), actors, cpus_per_actor, gpus_per_actor)
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        self._placement = (f"{where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs): "
+                           f"{actors} actor(s) of {cpus_per_actor} CPU(s), {gpus_per_actor:g} GPU(s)")
+        logger.info("inference on %s", self._placement)
 
     async def _pool(self) -> asyncio.Queue[Any]:
         if self._free is None:
@@ -193,6 +201,9 @@ class RayBackend:
         for name, data in files.items():
             await asyncio.to_thread(write_atomic, folder / name, data)
         return outcome
+
+    def placement(self) -> str:
+        return self._placement
 
     async def close(self) -> None:
         for actor in self.actors:

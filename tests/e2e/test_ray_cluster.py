@@ -35,6 +35,7 @@ def test_a_study_runs_to_done_on_a_ray_cluster(ray_head: RayHead, start_node: Ca
                       node__log_level="INFO")
     health = node.get("/api/health")
     assert health["compute"]["backend"] == "ray"
+    assert health["compute"]["placement"].startswith(f"the Ray cluster at {ray_head.address} (2 CPUs, 0 GPUs)")
     files = write_series(tmp_path / "ct", slices=24, rows=96)
     assert storescu(node.dicom_port, files[0].parent).returncode == 0
     job = node.wait_jobs("done", 1, timeout_s=120)[0]
@@ -42,7 +43,7 @@ def test_a_study_runs_to_done_on_a_ray_cluster(ray_head: RayHead, start_node: Ca
     kinds = sorted(f["kind"] for f in detail["results"]["files"])
     assert kinds == ["seg", "sr"]
     assert any("Ray actor" in e["detail"] for e in detail["events"]), detail["events"]
-    assert f"Ray cluster at {ray_head.address}" in node.log()
+    assert f"inference on the Ray cluster at {ray_head.address}" in node.log()
     node.stop()
     assert ray_head.alive, "stopping the node must not stop the cluster it used"
 

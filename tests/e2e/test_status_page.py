@@ -33,7 +33,9 @@ def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable
         page.wait_for_selector("#jobs tbody tr[data-state='done']", timeout=60_000)
         row = page.locator("#jobs tbody tr").first
         assert "Page test" in row.inner_text() and "CT" in row.inner_text()
-        assert page.locator("#health").inner_text().startswith("healthy")
+        health = page.locator("#health").inner_text()
+        assert health.startswith("healthy")
+        assert "inference in this process on cpu" in health
         row.click()
         page.wait_for_selector("#detail-events li")
         assert "receiving" in page.locator("#detail-events").inner_text()

@@ -42,6 +42,8 @@ async def test_a_job_runs_to_done_on_a_ray_actor(ray_node: Node) -> None:
     import os
     assert actor_pid != os.getpid()                      # it really ran in another process
     assert await ray_node.backend.actors[0].threads.remote() == 2     # both local CPUs, not Ray's default 1
+    assert (await ray_node.health())["compute"]["placement"] == \
+        "a local Ray (2 CPUs, 0 GPUs): 1 actor(s) of 2 CPU(s), 0 GPU(s)"
 
 
 async def test_a_dead_actor_puts_its_job_back_in_the_queue(ray_node: Node) -> None:

@@ -87,7 +87,7 @@ async function health() {
     const el = document.getElementById("health");
     el.className = "health" + (h.ok ? "" : " bad");
     el.textContent = `${h.ok ? "healthy" : "NOT OK"} · DICOM ${h.dicom.ae_title}:${h.dicom.port} · queue ${h.queue_depth} · ` +
-      `disk free ${(h.disk.free_bytes / 2 ** 30).toFixed(1)} GB · ${h.compute.device}`;
+      `disk free ${(h.disk.free_bytes / 2 ** 30).toFixed(1)} GB · inference ${h.compute.placement}`;
   } catch (e) { document.getElementById("health").textContent = "node unreachable"; }
 }
 
