@@ -17,7 +17,8 @@ from node.senders import make_sender
 
 @pytest.fixture
 def silent_server() -> Iterator[int]:
-    """Accepts TCP connections, reads what comes, never answers (a hung PACS)."""
+    """Accepts TCP connections and never answers (a hung PACS); after 15 s it drops them, so a sender
+    without a timeout makes the test fail on time instead of hanging it."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
@@ -26,7 +27,11 @@ def silent_server() -> Iterator[int]:
 
     def serve() -> None:
         srv.settimeout(0.1)
+        started = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() - started > 15:
+                for c in held:
+                    c.close()
             try:
                 conn, _ = srv.accept()
             except TimeoutError:
