@@ -82,7 +82,8 @@ class Node:
         else:
             self._executor = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="inference")
             self.backend = LocalBackend(JobPipeline(self.registry, writers), self._executor)
-        for i in range(c.workers):
+        n_workers = len(self.backend.actors) if isinstance(self.backend, RayBackend) else c.workers
+        for i in range(n_workers):
             worker = Worker(self.store, self.backend, self.bus, data / "results")
             self.workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"worker-{i}"))

@@ -167,9 +167,15 @@ class RayBackend:
         self._cls = _actor_class().options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
         self._args = (str(models_dir), device, window, list(writers))
         self.device = torch.device("cuda" if gpus_per_actor > 0 else "cpu")
+        resources = ray.cluster_resources()
+        if actors == 0:                    # one actor per GPU the cluster has
+            actors = int(resources.get("GPU", 0) // gpus_per_actor)
+            if actors == 0:
+                ray.shutdown()
+                raise ComputeUnavailable(f"{'the Ray cluster at ' + address if address else 'the local Ray'} has no "
+                                         f"GPU for an actor of {gpus_per_actor:g} GPU(s); set [compute] workers")
         self.actors = [self._cls.remote(*self._args) for _ in range(actors)]
         self._free: asyncio.Queue[Any] | None = None
-        resources = ray.cluster_resources()
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         self._placement = (f"{where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs): "
                            f"{actors} actor(s) of {cpus_per_actor} CPU(s), {gpus_per_actor:g} GPU(s)")

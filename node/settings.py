@@ -119,7 +119,7 @@ class StoreSettings:
 class ComputeSettings:
     backend: str = "local"
     device: str = "auto"
-    workers: int = 1                  # jobs at once; with ray: the number of actors
+    workers: int = 1                  # jobs at once; with ray: the number of actors (0: one per GPU of the cluster)
     ray_address: str = ""             # empty: start a local Ray; else the cluster's GCS "head-host:6379"
     ray_num_cpus: int = 2             # CPUs of the local Ray (ignored with an address)
     ray_gpus_per_actor: float = 0.0   # 1.0 puts each actor on its own GPU
@@ -129,15 +129,18 @@ class ComputeSettings:
         """CPUs (and so torch threads: Ray sets OMP_NUM_THREADS to it) reserved by each inference actor."""
         if self.ray_cpus_per_actor:
             return self.ray_cpus_per_actor
-        return 1 if self.ray_address else max(1, self.ray_num_cpus // self.workers)
+        return 1 if self.ray_address or not self.workers else max(1, self.ray_num_cpus // self.workers)
 
     def __post_init__(self) -> None:
         if self.backend not in {"local", "ray"}:
             raise ConfigError(f"[compute] backend must be 'local' or 'ray', got {self.backend!r}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(f"[compute] device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if not 1 <= self.workers <= 64:
-            raise ConfigError(f"[compute] workers must be 1-64, got {self.workers}")
+        if self.workers == 0 and not (self.backend == "ray" and self.ray_gpus_per_actor > 0):
+            raise ConfigError("[compute] workers = 0 (one actor per GPU) needs backend = \"ray\" and "
+                              "ray_gpus_per_actor > 0; otherwise set workers to 1-64")
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"[compute] workers must be 1-64 (or 0 with Ray GPUs), got {self.workers}")
         if self.ray_address:
             ray_address_parts(self.ray_address)
         if not 0 <= self.ray_cpus_per_actor <= 256:

@@ -14,9 +14,10 @@ RAY = Path(sys.executable).with_name("ray")
 
 
 class RayHead:
-    def __init__(self, workdir: Path, num_cpus: int = 2) -> None:
+    def __init__(self, workdir: Path, num_cpus: int = 2, num_gpus: int = 0) -> None:
         self.workdir = workdir
         self.num_cpus = num_cpus
+        self.num_gpus = num_gpus      # logical: Ray schedules by it; torch still finds no CUDA on this machine
         self.port = free_port()         # ephemeral range: clear of Ray's worker ports (10002-19999)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -32,7 +33,7 @@ class RayHead:
         log = open(self.workdir / "ray-head.log", "wb")      # noqa: SIM115 (kept open for the process)
         self.proc = subprocess.Popen(
             [str(RAY), "start", "--head", "--block", "--port", str(self.port), "--num-cpus", str(self.num_cpus),
-             "--num-gpus", "0", "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
+             "--num-gpus", str(self.num_gpus), "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
              "--disable-usage-stats"], env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_until(self._up, timeout_s, "the Ray head to accept drivers", interval_s=0.5)

@@ -24,18 +24,21 @@ RULE = '[[rules]]\nname = "ct"\nmodel = "ct-basic"\ndestinations = []\n'
 @pytest.fixture
 def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RayHead]:
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")          # the node's environment inherits it
-    head = RayHead(tmp_path / "ray").start()
+    head = RayHead(tmp_path / "ray", num_cpus=2, num_gpus=2).start()
     yield head
     head.stop()
 
 
-def test_a_study_runs_to_done_on_a_ray_cluster(ray_head: RayHead, start_node: Callable[..., NodeProcess],
-                                               tmp_path: Path) -> None:
+def test_a_study_runs_to_done_on_a_ray_cluster_with_one_actor_per_gpu(
+        ray_head: RayHead, start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    # the head declares 2 GPUs (Ray's resources are logical); workers = 0 asks for one actor per GPU.
+    # The model itself runs on the CPU: torch finds no CUDA here, and device "auto" falls back.
     node = start_node("node", RULE, compute__backend="ray", compute__ray_address=ray_head.address,
-                      node__log_level="INFO")
+                      compute__workers="0", compute__ray_gpus_per_actor="1", node__log_level="INFO")
     health = node.get("/api/health")
     assert health["compute"]["backend"] == "ray"
-    assert health["compute"]["placement"].startswith(f"the Ray cluster at {ray_head.address} (2 CPUs, 0 GPUs)")
+    assert health["compute"]["placement"] == \
+        f"the Ray cluster at {ray_head.address} (2 CPUs, 2 GPUs): 2 actor(s) of 1 CPU(s), 1 GPU(s)"
     files = write_series(tmp_path / "ct", slices=24, rows=96)
     assert storescu(node.dicom_port, files[0].parent).returncode == 0
     job = node.wait_jobs("done", 1, timeout_s=120)[0]

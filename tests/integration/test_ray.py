@@ -59,3 +59,15 @@ async def test_a_dead_actor_puts_its_job_back_in_the_queue(ray_node: Node) -> No
     states = [(e.state, e.detail) for e in await ray_node.store.events(job.id)]
     assert any(s == "queued" and "Ray actor running it died" in d for s, d in states), states
     assert [s for s, _ in states].count("running") >= 2
+
+
+async def test_one_actor_per_gpu_on_a_ray_without_gpus_is_a_clear_start_failure(tmp_path: Path) -> None:
+    from node.errors import ComputeUnavailable
+    node = Node(node_settings(tmp_path, compute__backend="ray", compute__workers="0",
+                              compute__ray_gpus_per_actor="1"))
+    try:
+        with pytest.raises(ComputeUnavailable, match="the local Ray has no GPU for an actor of 1 GPU"):
+            await node.start()
+    finally:
+        await node.stop()
+    assert not ray.is_initialized()

@@ -45,6 +45,8 @@ def test_every_default_is_written_in_the_defaults_file() -> None:
     ({"SEGNODE_DICOM__COLOUR": "red"}, "[dicom] has unknown key(s) colour"),
     ({"SEGNODE_COMPUTE__BACKEND": "ray", "SEGNODE_COMPUTE__WORKERS": "3"},
      "[compute] 3 workers x 1 ray_cpus_per_actor do not fit in ray_num_cpus = 2"),
+    ({"SEGNODE_COMPUTE__BACKEND": "ray", "SEGNODE_COMPUTE__WORKERS": "0"},
+     "[compute] workers = 0 (one actor per GPU) needs backend = \"ray\" and ray_gpus_per_actor > 0"),
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray-head"}, "[compute] ray_address must be the Ray head's \"host:port\""),
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray://head:10001"}, "is a Ray Client address, which Segnode does not use"),
     ({"SEGNODE_NOPE__X": "1"}, "unknown section [nope]"),
