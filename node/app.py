@@ -112,7 +112,7 @@ class Node:
         bridge = LoopBridge(asyncio.get_running_loop(), s.dicom.record_timeout_s)
         if self.store.records_in_thread:
             # SQLite: the association thread commits its row itself, then tells the loop; two thread hops
-            # fewer per instance than going through the loop (about +20 % instances/s on one association)
+            # fewer per instance than going through the loop (one association, A/B: median +8 %, best +35 %)
             store, ingest, timeout_s = self.store, self.ingest, s.dicom.record_timeout_s
 
             def record(rec: InstanceRecord) -> RecordOutcome:

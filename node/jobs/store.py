@@ -187,9 +187,7 @@ class JobStore:
         if not self._write_lock.acquire(timeout=timeout_s):
             raise TimeoutError(f"job store busy for {timeout_s:g} s")
         try:
-            outcome = self._write_records_sync([rec])[0]
-            self._intakes = self._next_intakes
-            return outcome
+            return self._commit_records([rec])[0]
         finally:
             self._write_lock.release()
 
@@ -251,17 +249,19 @@ class JobStore:
             if self._ingest_engine is not None:
                 # SQLite: the whole batch in one thread hop on a plain sqlite3 connection; an aiosqlite
                 # round trip per statement costs more than the SQL itself.
-                outcomes = await asyncio.to_thread(self._write_records_sync, recs)
-            else:
-                async with self.engine.begin() as conn:
-                    outcomes = await conn.run_sync(self._write_records_in, recs)
+                return await asyncio.to_thread(self._commit_records, recs)
+            async with self.engine.begin() as conn:
+                outcomes = await conn.run_sync(self._write_records_in, recs)
             self._intakes = self._next_intakes          # the batch committed: its intakes are real
             return outcomes
 
-    def _write_records_sync(self, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
+    def _commit_records(self, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
+        """SQLite: commit `recs` on the ingest connection; the caller holds the writer lock."""
         assert self._ingest_engine is not None
         with self._ingest_engine.begin() as conn:
-            return self._write_records_in(conn, recs)
+            outcomes = self._write_records_in(conn, recs)
+        self._intakes = self._next_intakes              # the batch committed: its intakes are real
+        return outcomes
 
     def _write_records_in(self, conn: Connection, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
         """The hot path of ingest, in SQLAlchemy Core within the caller's transaction."""
