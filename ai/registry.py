@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +22,22 @@ logger = logging.getLogger(__name__)
 BUILTIN = {CT_BASIC_CARD.name: CT_BASIC_CARD}
 
 
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """Whether a model can run, as found by building it once (at start, or by `segnode models check`)."""
+
+    name: str
+    ready: bool
+    reason: str = ""                              # why not, when not ready
+    card: ModelCard | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, object]:
+        base: dict[str, object] = {"name": self.name, "state": "ready" if self.ready else "unavailable",
+                                   "available": self.ready, "reason": self.reason, "warnings": list(self.warnings)}
+        return {**(self.card.as_dict() if self.card else {}), **base}
+
+
 class ModelRegistry:
     def __init__(self, models_dir: Path, device: torch.device, window: SlidingWindow | None = None) -> None:
         self.models_dir = models_dir
@@ -28,6 +45,7 @@ class ModelRegistry:
         self.window = window
         self._lock = threading.Lock()
         self._loaded: tuple[str, Segmenter] | None = None
+        self._status: dict[str, ModelStatus] = {}
 
     def _bundle_dirs(self) -> dict[str, Path]:
         if not self.models_dir.is_dir():
@@ -45,8 +63,58 @@ class ModelRegistry:
                 out.append((None, f"{name}: {exc}"))
         return out
 
+    def check(self) -> list[ModelStatus]:
+        """Build every model once (parse, network, weights) and record whether it is ready; never raises.
+
+        The last model built stays loaded; the others are released as the next one is built."""
+        names = [*BUILTIN, *self._bundle_dirs()]
+        found = {}
+        for name in names:
+            found[name] = self._check_one(name)
+        with self._lock:
+            self._status = found
+        return list(found.values())
+
+    def _check_one(self, name: str) -> ModelStatus:
+        try:
+            model = self._load(name)
+        except ModelUnavailable as exc:
+            logger.warning("model %s unavailable: %s", name, exc)
+            return ModelStatus(name, ready=False, reason=str(exc))
+        except Exception as exc:           # a bundle's own code may raise anything; one bad bundle never stops us
+            logger.exception("model %s: unexpected error while building it", name)
+            return ModelStatus(name, ready=False, reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+        warnings = tuple(getattr(model, "warnings", ()) or model.card.notes)
+        for w in warnings:
+            logger.warning("model %s: %s", name, w)
+        return ModelStatus(name, ready=True, card=model.card, warnings=warnings)
+
+    def status(self) -> list[ModelStatus]:
+        """The last check's result (models found since then are listed with their card, not yet built)."""
+        with self._lock:
+            known = dict(self._status)
+        out = [known[n] for n in known]
+        for card, error in self.cards():
+            name = card.name if card else error.split(":", 1)[0]
+            if name not in known:
+                out.append(ModelStatus(name, ready=card is not None, reason=error, card=card))
+        return out
+
+    def unavailable_reason(self, name: str) -> str | None:
+        """Why `name` cannot run, as of the last check (None: ready or not checked)."""
+        with self._lock:
+            st = self._status.get(name)
+        if st is None:
+            if self._status and name not in BUILTIN and name not in self._bundle_dirs():
+                return f"no model {name!r} in {self.models_dir}"
+            return None
+        return None if st.ready else st.reason
+
     def get(self, name: str) -> Segmenter:
         """The loaded model `name`; raises ModelUnavailable with the reason."""
+        return self._load(name)
+
+    def _load(self, name: str) -> Segmenter:
         with self._lock:
             if self._loaded is not None and self._loaded[0] == name:
                 return self._loaded[1]

@@ -59,10 +59,6 @@ class Node:
         self.store = await JobStore.open(s.store_url)
         self.spool = Spool(data / "spool", s.dicom.min_free_disk_mb * 2**20)
         self.assembler = StudyAssembler(s.dicom.study_quiet_period_s)
-        self.ingest = Ingest(self.store, self.spool, self.assembler, s.rules, self.bus)
-        await self.ingest.recover()
-        self._tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
-
         try:
             device = choose_device(s.compute.device)
         except ValueError as exc:
@@ -72,6 +68,14 @@ class Node:
                                overlap=m.sw_overlap if m.sw_overlap >= 0 else None,
                                sw_batch_size=m.sw_batch_size or None)
         self.registry = ModelRegistry(m.path, device, window)
+        # every model is built once now, so an unusable one is reported at start and its jobs fail at once
+        for status in await asyncio.to_thread(self.registry.check):
+            logger.info("model %s: %s", status.name, "ready" if status.ready else f"unavailable: {status.reason}")
+        self.ingest = Ingest(self.store, self.spool, self.assembler, s.rules, self.bus,
+                             model_unavailable=self.registry.unavailable_reason)
+        await self.ingest.recover()
+        self._tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
+
         writers = [write_basic_results, write_dicom_results]
         c = s.compute
         if c.backend == "ray":
@@ -205,9 +209,8 @@ class Node:
                 "websocket_clients": len(self._ws_clients)}
 
     async def models(self) -> list[dict[str, Any]]:
-        cards = await asyncio.to_thread(self.registry.cards)
-        return [{**card.as_dict(), "available": True} if card else {"available": False, "error": error}
-                for card, error in cards]
+        statuses = await asyncio.to_thread(self.registry.status)
+        return [{**st.as_dict(), "error": st.reason} for st in statuses]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
 
 from node.assembly import StudyAssembler
 from node.events import EventBus
+from node.jobs.states import JobState
 from node.jobs.store import InstanceRecord, JobStore, RecordOutcome
 from node.routing import Rule, route
 from node.spool import Spool
@@ -21,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 class Ingest:
     def __init__(self, store: JobStore, spool: Spool, assembler: StudyAssembler, rules: Sequence[Rule],
-                 bus: EventBus) -> None:
+                 bus: EventBus, model_unavailable: Callable[[str], str | None] = lambda _name: None) -> None:
         self._store = store
+        self._model_unavailable = model_unavailable      # model name -> why it cannot run (None: it can)
         self._spool = spool
         self._assembler = assembler
         self._rules = tuple(rules)
@@ -52,6 +54,12 @@ class Ingest:
             outcome = route(series, self._rules)
             events = await self._store.route_intake(intake_id, outcome, series)
             self._bus.publish(events)
+            for decision, event in zip(outcome.decisions, events, strict=False):
+                reason = self._model_unavailable(decision.model)
+                if reason is not None and event.state == JobState.QUEUED.value:
+                    # a model found unusable at start fails its jobs now, with the reason, not at job time
+                    self._bus.publish([await self._store.transition(
+                        event.job_id, JobState.FAILED, detail=f"model {decision.model} unavailable: {reason}")])
         return len(stable)
 
     async def run(self) -> None:

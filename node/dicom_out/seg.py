@@ -9,6 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from ai.anatomy import LOCAL_SCHEME, LOCAL_SCHEME_NAME
 from ai.segmenter import ModelCard
 from node.dicom_out.ids import MANUFACTURER, SOFTWARE_VERSION, ResultIds
 
@@ -23,7 +24,27 @@ def segment_descriptions(card: ModelCard, numbers: Sequence[int]) -> list[hd.seg
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
                 name=card.name, family=codes.DCM.ArtificialIntelligence, version=card.version)))
+        if label.modifier is not None:       # laterality: a modifier of the type, as CID 7150/7151 code it
+            out[-1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(label.modifier.value, label.modifier.scheme_designator, label.modifier.meaning)]
     return out
+
+
+def declare_local_scheme(ds: Dataset, card: ModelCard) -> None:
+    """Name the node's private coding scheme (PS3.3 C.12.1.1.4) when any label of `card` uses it."""
+    if any(LOCAL_SCHEME in (lb.type.scheme_designator, lb.category.scheme_designator) for lb in card.labels):
+        item = Dataset()
+        item.CodingSchemeDesignator = LOCAL_SCHEME
+        item.CodingSchemeName = LOCAL_SCHEME_NAME
+        item.CodingSchemeResponsibleOrganization = "Segnode"
+        ds.CodingSchemeIdentificationSequence = [item]
+
+
+def present_labels(labels: np.ndarray, card: ModelCard) -> list[int]:
+    """The card's label numbers that occur in `labels`, in card order (one pass over the volume)."""
+    counts = np.bincount(labels.ravel(), minlength=256) if labels.dtype == np.uint8 else \
+        np.bincount(labels.ravel().astype(np.int64), minlength=256)
+    return [lb.number for lb in card.labels if lb.number < counts.size and counts[lb.number]]
 
 
 def build_segmentation(sources: Sequence[Dataset], labels: np.ndarray, card: ModelCard, ids: ResultIds,
@@ -31,7 +52,7 @@ def build_segmentation(sources: Sequence[Dataset], labels: np.ndarray, card: Mod
     """`labels` has axes (slice, row, column) in the order of `sources` (single-frame), or of
     `frame_numbers` (1-based) for one multi-frame source. Segments are renumbered 1..N in label order,
     as the standard requires; absent labels get no segment."""
-    present = [lb.number for lb in card.labels if np.any(labels == lb.number)]
+    present = present_labels(labels, card)
     if not present:
         raise ValueError("the label map is empty: there is nothing to encode")
     if frame_numbers:
@@ -65,4 +86,5 @@ def _segmentation(sources: Sequence[Dataset], pixel_array: np.ndarray, fractiona
         software_versions=SOFTWARE_VERSION, device_serial_number="0",
         content_label="SEGNODE", content_description=f"{card.name} segmentation"[:64])
     seg.SeriesDescription = f"Segnode {card.name} segmentation"[:64]
+    declare_local_scheme(seg, card)
     return seg

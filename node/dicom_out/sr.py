@@ -12,6 +12,7 @@ from pydicom.sr.coding import Code
 from ai.measure import SegmentMeasurement
 from ai.segmenter import ModelCard
 from node.dicom_out.ids import MANUFACTURER, ResultIds, result_uid
+from node.dicom_out.seg import declare_local_scheme
 
 MILLILITER = Code("ml", "UCUM", "milliliter")          # pydicom's codes have no UCUM milliliter
 _PROCEDURES = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion,
@@ -51,6 +52,8 @@ def build_report(seg: hd.seg.Segmentation, sources: Sequence[Dataset], measureme
                 uid=result_uid(job_id, attempt, source_series_uid, f"tracking-{m.number}"),
                 identifier=f"{label.name} ({card.name})"[:64]),
             referenced_segment=referenced, finding_type=label.type, finding_category=label.category,
+            finding_sites=([hd.sr.FindingSite(anatomic_location=label.type, laterality=label.modifier)]
+                           if label.modifier is not None else None),
             measurements=values))
     modality = str(sources[0].get("Modality", ""))
     report = hd.sr.MeasurementReport(
@@ -62,4 +65,5 @@ def build_report(seg: hd.seg.Segmentation, sources: Sequence[Dataset], measureme
         series_number=ids.sr_series_number, sop_instance_uid=ids.sr_sop_instance_uid, instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description=f"Segnode {card.name} measurements"[:64])
+    declare_local_scheme(sr, card)
     return sr
