@@ -106,7 +106,8 @@ class ModelRegistry:
             st = self._status.get(name)
         if st is None:
             if self._status and name not in BUILTIN and name not in self._bundle_dirs():
-                return f"no model {name!r} in {self.models_dir}"
+                known = ", ".join([*BUILTIN, *self._bundle_dirs()])
+                return f"no model {name!r} (known: {known}; bundles are read from {self.models_dir})"
             return None
         return None if st.ready else st.reason
 
