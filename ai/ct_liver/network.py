@@ -37,17 +37,15 @@ CONVS: tuple[tuple[str, int, int, tuple[int, int, int]], ...] = (
 
 
 def norm_act(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel normalisation over space, then LeakyReLU; in place on a fresh tensor."""
-    dims = (2, 3, 4)
-    var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-    x = (x - mean).div_(var.sqrt_().add_(_EPS))
+    """Per-channel normalisation over space, then LeakyReLU, in place: pass a tensor nothing else needs."""
+    var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+    x.sub_(mean).div_(var.sqrt_().add_(_EPS))
     return F.leaky_relu_(x, _SLOPE)
 
 
 def upsample(x: torch.Tensor) -> torch.Tensor:
     """Nearest x3, then a 3x3x3 mean with stride 1 and no padding (size 3n - 2)."""
-    x = x.repeat_interleave(3, dim=2).repeat_interleave(3, dim=3).repeat_interleave(3, dim=4)
-    return F.avg_pool3d(x, 3, stride=1)
+    return F.avg_pool3d(F.interpolate(x, scale_factor=3, mode="nearest"), 3, stride=1)
 
 
 def center_crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -72,12 +70,23 @@ class LiverUNet(nn.Module):
         if any(s % INPUT_MULTIPLE for s in x.shape[2:]):
             raise ValueError(f"input size {tuple(x.shape[2:])} must be a multiple of {INPUT_MULTIPLE} per axis")
         c = self._c
-        skip1 = c("down1b", norm_act(c("down1a", x)))             # the first convolution sees the raw input
-        skip3 = c("down3b", norm_act(c("down3a", norm_act(F.max_pool3d(skip1, 3)))))
-        skip9 = c("down9b", norm_act(c("down9a", norm_act(F.max_pool3d(skip3, 3)))))
-        path = c("bottom_b", norm_act(c("bottom_a", norm_act(F.max_pool3d(skip9, 3)))))
-        for skip, first, second in ((skip9, "up9a", "up9b"), (skip3, "up3a", "up3b"), (skip1, "up1a", "up1b")):
+        skips = [c("down1b", norm_act(c("down1a", x)))]          # the first convolution sees the raw input
+        for level in ("3", "9"):
+            skips.append(c(f"down{level}b", norm_act(c(f"down{level}a", norm_act(F.max_pool3d(skips[-1], 3))))))
+        path = c("bottom_b", norm_act(c("bottom_a", norm_act(F.max_pool3d(skips[-1], 3)))))
+        for level in ("9", "3", "1"):
             path = upsample(path)
-            path = torch.cat([center_crop(skip, path), path], dim=1)
-            path = c(second, norm_act(c(first, norm_act(path))))
+            path = c(f"up{level}b", norm_act(self._skip_conv(f"up{level}a", skips.pop(), path)))
         return torch.sigmoid(c("head", norm_act(path)))
+
+    def _skip_conv(self, name: str, skip: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
+        """conv(norm_act(cat([crop(skip), path]))) without the concatenated tensor: the normalisation is per
+        channel, so the convolution splits into one over the skip channels plus one over the path channels."""
+        conv = self.convs[name]
+        n_skip = skip.shape[1]
+        part = norm_act(center_crop(skip, path).contiguous())
+        del skip
+        out = F.conv3d(part, conv.weight[:, :n_skip], conv.bias, padding=conv.padding)
+        del part
+        out += F.conv3d(norm_act(path), conv.weight[:, n_skip:], None, padding=conv.padding)
+        return out
