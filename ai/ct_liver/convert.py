@@ -12,8 +12,8 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
@@ -22,6 +22,13 @@ from ai.ct_liver.network import CONVS, LiverUNet
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "card.json"
 KIND = "ct-liver"
+LIVER_LABEL = {"number": 1, "name": "Liver",
+               "category": {"scheme": "SCT", "value": "123037004", "meaning": "Anatomical Structure"},
+               "type": {"scheme": "SCT", "value": "10200004", "meaning": "Liver"}}
+PREPROCESSING = {"axes": "RAS (x right, y anterior, z head); slice axis z", "resample_mm": 1.5,
+                 "median_filter": 3, "network_grid_mm": 3.0, "intensity": "clip(HU / 1000, -0.2, 0.2) * 2.5",
+                 "tile_input": [189, 162, 162], "tile_output": [163, 136, 136],
+                 "postprocessing": "sigmoid > 0.5, erosion, largest 6-connected component, dilation"}
 
 
 def keras_kernel_to_torch(kernel: np.ndarray) -> torch.Tensor:
@@ -31,12 +38,14 @@ def keras_kernel_to_torch(kernel: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(kernel)).permute(4, 3, 0, 1, 2).contiguous()
 
 
-def _weights_group(f: h5py.File) -> h5py.Group:
-    return f["model_weights"] if "model_weights" in f else f     # model.save() vs model.save_weights()
+def _weights_group(f: Any) -> Any:
+    return f.get("model_weights", f)     # model.save() vs model.save_weights()
 
 
 def state_dict_from_hdf5(path: Path) -> dict[str, torch.Tensor]:
     """Read conv3d_1..conv3d_15 and return LiverUNet's state dict; ValueError if they do not fit."""
+    import h5py  # only the install step reads HDF5; the node itself never needs it
+
     state: dict[str, torch.Tensor] = {}
     with h5py.File(path, "r") as f:
         group = _weights_group(f)
@@ -83,6 +92,7 @@ def write_model_folder(hdf5: Path, folder: Path, *, source: dict[str, str], lice
     _write_atomic(folder / "NOTICE", notice.encode())
     card = {"kind": KIND, "version": f"{source.get('version', '?')}-torch1",
             "weights": WEIGHTS_FILE, "weights_sha256": hashlib.sha256(weights).hexdigest(),
-            "source": source, "license": "Apache-2.0"}
+            "modalities": ["CT"], "labels": [LIVER_LABEL], "preprocessing": PREPROCESSING,
+            "source": source, "license": "Apache-2.0", "attribution": "see NOTICE"}
     _write_atomic(folder / CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
     return folder

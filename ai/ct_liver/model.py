@@ -7,12 +7,13 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
-from ai.ct_liver.convert import CARD_FILE, KIND
+from ai.ct_liver.convert import CARD_FILE, KIND, LIVER_LABEL
 from ai.ct_liver.network import INPUT_MULTIPLE, SHRINK, LiverUNet
 from ai.ct_liver.preprocess import RasPlan, extract, largest_component, network_input, resample, tile_starts
 from ai.errors import ModelUnavailable, UnsuitableSeries
@@ -21,19 +22,24 @@ from ai.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-LIVER = 1
 TILE = (189, 162, 162)            # the package's input segment (x, y, z) at 3 mm: 567 x 486 x 486 mm
 MIN_OVERLAP = 16                  # voxels (48 mm) shared by neighbouring output windows
 MIN_LIVER_ML = 100.0              # a smaller largest component is not a liver in this field of view
 
 
-def liver_card(version: str) -> ModelCard:
+def _code(raw: dict[str, str]) -> Code:
+    return Code(raw["value"], raw["scheme"], raw["meaning"])
+
+
+def liver_card(version: str, raw: dict[str, Any] | None = None) -> ModelCard:
+    """The card of a folder: its label codes and modalities from card.json, the rest fixed by this port."""
+    label = (raw or {}).get("labels", [LIVER_LABEL])[0]
     return ModelCard(
         name=KIND, version=version,
         description=("Whole liver, 3D U-Net of pyliverlesionseg 0.3 (KU Leuven, Apache-2.0; Tang et al., "
                      "EJNMMI 2020), converted to torch"),
-        modalities=("CT",), min_slices=3, intensity_unit="HU",
-        labels=(LabelSpec(LIVER, "Liver", codes.SCT.AnatomicalStructure, codes.SCT.Liver),))
+        modalities=tuple((raw or {}).get("modalities", ["CT"])), min_slices=3, intensity_unit="HU",
+        labels=(LabelSpec(int(label["number"]), str(label["name"]), _code(label["category"]), _code(label["type"])),))
 
 
 def is_liver_folder(path: Path) -> bool:
@@ -53,7 +59,11 @@ def read_liver_card(path: Path) -> tuple[ModelCard, dict[str, object]]:
                                "run `segnode models install ct-liver` again") from exc
     if not isinstance(raw, dict) or raw.get("kind") != KIND:
         raise ModelUnavailable(f"{path / CARD_FILE} is not a {KIND} card")
-    return liver_card(str(raw.get("version", "?"))), raw
+    try:
+        return liver_card(str(raw.get("version", "?")), raw), raw
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelUnavailable(f"{path / CARD_FILE} has a malformed label or modality ({exc}); "
+                               "run `segnode models install ct-liver` again") from exc
 
 
 def check_weights(path: Path) -> Path:
