@@ -1,7 +1,16 @@
-"""ct-basic: body soft tissue, lungs and bone from Hounsfield thresholds. No weights, deterministic.
+"""ct-basic: body soft tissue, lungs and bone from Hounsfield units. No weights, deterministic.
 
-Thresholds, morphology and hole filling run in torch on the chosen device (CUDA when present).
-Connected components run in scipy.ndimage on a CPU copy of the mask: torch has no labelling
+What it is: a rule-based model that is right on real CT for three coarse structures.
+- Lungs are the air-filled regions inside the body whose core holds lung tissue: aerated lung
+  parenchyma sits near -850 HU, while gas in the bowel or stomach is pure air (below -950 HU).
+  A component whose interior is mostly pure air is gas, not lung.
+- Bone is dense bone (cortex) together with what it encloses: the cortical shell is closed in
+  plane, the cancellous marrow inside it filled, and only regions that contain dense bone are kept.
+What it is not: an organ model. Iodine-enhanced vessels touching bone can be called bone, and
+severely emphysematous lung whose core is mostly below -950 HU is not called lung.
+
+Thresholds and morphology run in torch on the chosen device (CUDA when present). Connected
+components and hole filling run in scipy.ndimage on a CPU copy of the mask: torch has no labelling
 operator, and an exact O(N) labelling beats iterative label propagation by orders of magnitude.
 """
 
@@ -19,7 +28,10 @@ from ai.volume import Volume
 
 BODY_HU = -350.0          # above: not air (skin, fat at -100, soft tissue, bone)
 LUNG_HU = -400.0          # inside the body and below: aerated lung
-BONE_HU = 200.0           # above: bone (and, honestly, iodine-enhanced vessels)
+BONE_HU = 120.0           # above: bone, cortical and cancellous (and, honestly, iodine-enhanced vessels)
+DENSE_BONE_HU = 250.0     # a bone region must hold dense (cortical) bone
+PURE_AIR_HU = -950.0      # gas in bowel or stomach; lung parenchyma is denser
+MAX_LUNG_AIR_FRACTION = 0.5   # above: the component's core is pure air, i.e. gas, not lung
 MIN_LUNG_ML = 5.0
 MIN_BONE_ML = 0.05
 
@@ -43,12 +55,6 @@ def _erode2d(mask: torch.Tensor, k: int = 3) -> torch.Tensor:
     return ~_dilate2d(~mask, k)
 
 
-def _open3d(mask: torch.Tensor) -> torch.Tensor:
-    x = mask[None, None].float()
-    eroded = -F.max_pool3d(-x, 3, stride=1, padding=1)
-    return (F.max_pool3d(eroded, 3, stride=1, padding=1) > 0.5)[0, 0]
-
-
 def fill_enclosed(mask: torch.Tensor) -> torch.Tensor:
     """Per slice, add pixels enclosed by the mask along both their row and their column.
 
@@ -61,6 +67,39 @@ def fill_enclosed(mask: torch.Tensor) -> torch.Tensor:
     up = torch.cummax(m, dim=1).values
     down = torch.cummax(m.flip(1), dim=1).values.flip(1)
     return mask | ((left & right & up & down) > 0)
+
+
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _lung_like(candidates: torch.Tensor, hu: torch.Tensor) -> torch.Tensor:
+    """Keep the air components whose core (eroded by one voxel) is lung tissue, not pure air."""
+    cpu = candidates.cpu().numpy()
+    labels, n = ndimage.label(cpu, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return candidates
+    core = ndimage.binary_erosion(cpu, structure=np.ones((3, 3, 3), bool))
+    pure_air = core & (hu.cpu().numpy() < PURE_AIR_HU)
+    core_n = np.bincount(labels[core], minlength=n + 1)
+    air_n = np.bincount(labels[pure_air], minlength=n + 1)
+    keep = (core_n > 0) & (air_n <= MAX_LUNG_AIR_FRACTION * core_n)
+    keep[0] = False
+    return torch.from_numpy(keep[labels]).to(candidates.device)
+
+
+def _bone(candidates: torch.Tensor, hu: torch.Tensor, min_voxels: int) -> torch.Tensor:
+    """Close cortical shells in plane, fill the marrow they enclose, keep regions holding dense bone."""
+    closed = _erode2d(_dilate2d(candidates, 5), 5)
+    filled = ndimage.binary_fill_holes(closed.cpu().numpy(), structure=_IN_PLANE)
+    labels, n = ndimage.label(filled, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return candidates & False
+    dense = np.bincount(labels[hu.cpu().numpy() > DENSE_BONE_HU], minlength=n + 1)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = (dense >= 3) & (sizes >= min_voxels)
+    keep[0] = False
+    return torch.from_numpy(keep[labels]).to(candidates.device)
 
 
 def _components(mask: torch.Tensor, min_voxels: int, keep_fraction: float = 0.0,
@@ -101,11 +140,10 @@ class CtBasic:
             body = _components(body, 1, largest_only=True)
             body = fill_enclosed(body)
             report(0.4, "lungs")
-            lungs = _open3d(body & (hu < LUNG_HU))
+            lungs = _lung_like(body & (hu < LUNG_HU), hu)
             lungs = _components(lungs, max(1, round(MIN_LUNG_ML / voxel_ml)), keep_fraction=0.25)
             report(0.7, "bone")
-            bone = body & (hu > BONE_HU) & ~lungs
-            bone = _components(bone, max(1, round(MIN_BONE_ML / voxel_ml)))
+            bone = _bone(body & (hu > BONE_HU) & ~lungs, hu, max(1, round(MIN_BONE_ML / voxel_ml))) & body & ~lungs
             labels = torch.zeros(hu.shape, dtype=torch.uint8, device=self.device)
             labels[body] = SOFT_TISSUE
             labels[lungs] = LUNGS

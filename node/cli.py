@@ -48,10 +48,20 @@ def _check_config(settings: Settings) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from node.synth.series import write_series
+    from node.synth.series import TRANSFER_SYNTAXES, write_datasets, write_series
 
-    paths = write_series(Path(args.out), slices=args.slices, rows=args.rows, columns=args.rows,
-                         transfer_syntax=args.transfer_syntax, seed=args.seed)
+    if args.from_nifti:
+        from node.synth.nifti import nifti_datasets
+
+        try:
+            datasets = nifti_datasets(Path(args.from_nifti), transfer_syntax=TRANSFER_SYNTAXES[args.transfer_syntax])
+        except (OSError, ValueError) as exc:
+            print(f"segnode: cannot convert {args.from_nifti}: {exc}", file=sys.stderr)
+            return 2
+        paths = write_datasets(Path(args.out), datasets)
+    else:
+        paths = write_series(Path(args.out), slices=args.slices, rows=args.rows, columns=args.rows,
+                             transfer_syntax=args.transfer_syntax, seed=args.seed)
     print(f"wrote {len(paths)} CT instances to {args.out}")
     return 0
 
@@ -71,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("check-config", "validate the settings and print what the node would do")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
-    p = sub.add_parser("synth", help="write a synthetic CT phantom series (for tests and demos)")
+    p = sub.add_parser("synth", help="write a CT series: the synthetic phantom, or a NIfTI volume of yours")
     p.add_argument("--out", required=True)
+    p.add_argument("--from-nifti", metavar="FILE", help="convert this 3-D NIfTI CT (values in HU) instead")
     p.add_argument("--slices", type=int, default=120)
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--transfer-syntax", default="explicit",

@@ -95,12 +95,12 @@ def phantom_datasets(phantom: Phantom, ids: SeriesIds | None = None,
         ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = 40, 400
         ds.PixelData = stored[i].tobytes()
-        _encode(ds, stored[i], transfer_syntax)
+        encode_pixels(ds, stored[i], transfer_syntax)
         out.append(ds)
     return out
 
 
-def _encode(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
+def encode_pixels(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
     if transfer_syntax in (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian,
                            uid.DeflatedExplicitVRLittleEndian):
         ds.file_meta.TransferSyntaxUID = transfer_syntax

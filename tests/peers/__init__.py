@@ -1,0 +1,1 @@
+"""Real peers and real data the suite and the benchmarks share (bench/ may import these on purpose)."""
