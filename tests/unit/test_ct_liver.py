@@ -6,38 +6,24 @@ import itertools
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 from pydicom.sr.codedict import codes
 
-from ai.ct_liver.convert import keras_kernel_to_torch, state_dict_from_hdf5, write_model_folder
+from ai.ct_liver.convert import keras_kernel_to_torch, state_dict_from_hdf5
 from ai.ct_liver.model import predict_probability, read_liver_card
-from ai.ct_liver.network import CONVS, LiverUNet, center_crop, norm_act, upsample
+from ai.ct_liver.network import LiverUNet, center_crop, norm_act, upsample
 from ai.ct_liver.preprocess import RasPlan, extract, largest_component, network_input, tile_starts
 from ai.errors import ModelUnavailable
 from ai.registry import ModelRegistry
 from ai.volume import Volume
-
-
-def fake_hdf5(path: Path, bad_layer: int | None = None) -> Path:
-    """An HDF5 laid out like the package's (layer/layer/kernel:0), random values."""
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for k, (_name, cin, cout, kernel) in enumerate(CONVS, start=1):
-            g = f.create_group(f"conv3d_{k}/conv3d_{k}")
-            shape = (*kernel, cin, cout) if k != bad_layer else (*kernel, cin + 1, cout)
-            g["kernel:0"] = rng.normal(0, 0.05, shape).astype(np.float32)
-            g["bias:0"] = np.zeros(cout, np.float32)
-    return path
+from tests.ct_liver_factory import fake_hdf5, fake_liver_folder
 
 
 @pytest.fixture(scope="module")
 def liver_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("ctliver")
-    return write_model_folder(fake_hdf5(tmp / "w.hdf5"), tmp / "models" / "ct-liver",
-                              source={"version": "0.3"}, license_text="Apache", notice="test")
+    return fake_liver_folder(tmp_path_factory.mktemp("ctliver") / "models")
 
 
 def axial_volume(shape: tuple[int, int, int], spacing: tuple[float, float, float] = (3.0, 3.0, 3.0),
