@@ -38,8 +38,9 @@ CONVS: tuple[tuple[str, int, int, tuple[int, int, int]], ...] = (
 
 def norm_act(x: torch.Tensor) -> torch.Tensor:
     """Per-channel normalisation over space, then LeakyReLU, in place: pass a tensor nothing else needs."""
-    var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
-    x.sub_(mean).div_(var.sqrt_().add_(_EPS))
+    # statistics in float32 even under CUDA autocast (fp16 cannot hold the 1e-7, nor sums over millions of voxels)
+    var, mean = torch.var_mean(x.float(), dim=(2, 3, 4), keepdim=True, correction=0)
+    x.sub_(mean.to(x.dtype)).div_(var.sqrt_().add_(_EPS).to(x.dtype))
     return F.leaky_relu_(x, _SLOPE)
 
 
