@@ -23,7 +23,7 @@ WEIGHTS_FILE = "model.pt"
 CARD_FILE = "card.json"
 KIND = "ct-liver"
 LIVER_LABEL = {"number": 1, "name": "Liver",
-               "category": {"scheme": "SCT", "value": "123037004", "meaning": "Anatomical Structure"},
+               "category": {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"},
                "type": {"scheme": "SCT", "value": "10200004", "meaning": "Liver"}}
 PREPROCESSING = {"axes": "RAS (x right, y anterior, z head); slice axis z", "resample_mm": 1.5,
                  "median_filter": 3, "network_grid_mm": 3.0, "intensity": "clip(HU / 1000, -0.2, 0.2) * 2.5",

@@ -25,8 +25,9 @@ async def test_api_lists_ct_liver_with_the_snomed_liver_label(tmp_path: Path) ->
     fake_liver_folder(tmp_path / "models")
     liver = next(m for m in await models_of(tmp_path) if m.get("name") == "ct-liver")
     assert liver["available"] and liver["modalities"] == ["CT"]
-    assert liver["labels"] == [{"number": 1, "name": "Liver", "category": "Anatomical Structure", "type": "Liver",
-                                "type_code": "SCT:10200004"}]
+    assert liver["state"] == "ready"
+    assert [(lb["number"], lb["name"], lb["category"], lb["type"], lb["type_code"]) for lb in liver["labels"]] == [
+        (1, "Liver", "Anatomical Structure", "Liver", "SCT:10200004")]
 
 
 async def test_corrupt_ct_liver_weights_leave_the_node_up_and_the_model_unavailable(tmp_path: Path) -> None:
@@ -35,5 +36,6 @@ async def test_corrupt_ct_liver_weights_leave_the_node_up_and_the_model_unavaila
     models = await models_of(tmp_path)
     assert any(m.get("name") == "ct-basic" and m["available"] for m in models)
     broken = [m for m in models if not m["available"]]
-    assert len(broken) == 1 and broken[0]["error"].startswith("ct-liver: weight file model.pt")
-    assert "corrupt" in broken[0]["error"] and "segnode models install ct-liver" in broken[0]["error"]
+    assert len(broken) == 1 and broken[0]["name"] == "ct-liver" and broken[0]["state"] == "unavailable"
+    assert broken[0]["reason"].startswith("weight file model.pt")
+    assert "corrupt" in broken[0]["reason"] and "segnode models install ct-liver" in broken[0]["reason"]

@@ -142,7 +142,7 @@ def test_largest_component_keeps_one_blob() -> None:
 def test_card_codes_liver_for_ct(liver_folder: Path) -> None:
     card, raw = read_liver_card(liver_folder)
     assert card.modalities == ("CT",) and card.labels[0].type == codes.SCT.Liver
-    assert (card.labels[0].category.value, card.labels[0].category.meaning) == ("123037004", "Anatomical Structure")
+    assert (card.labels[0].category.value, card.labels[0].category.meaning) == ("91723000", "Anatomical Structure")
     assert (liver_folder / "LICENSE").read_text() == "Apache" and raw["license"] == "Apache-2.0"
 
 
