@@ -23,10 +23,10 @@ from ai.ct_basic import CtBasic
 from ai.measure import measure
 from ai.volume import volume_from_datasets
 from bench.common import timed, write_result
-from node.dicom_out.ids import ResultIds
-from node.dicom_out.seg import build_segmentation, segment_descriptions
-from node.dicom_out.sr import build_report
-from node.dicom_out.writer import encode, round_trip
+from node.results.dicom import encode, round_trip
+from node.results.ids import ResultIds
+from node.results.seg import build_segmentation, segment_descriptions
+from node.results.sr import build_report
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets
 

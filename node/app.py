@@ -16,22 +16,22 @@ from aiohttp import web
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
-from node.assembly import StudyAssembler
 from node.bridge import LoopBridge
-from node.compute import Backend, JobPipeline, LocalBackend, RayBackend
-from node.dicom_out.writer import write_dicom_results
+from node.compute.backends import Backend, JobPipeline, LocalBackend, RayBackend
+from node.compute.worker import Worker, write_basic_results
+from node.delivery.outbox import Outbox
+from node.delivery.senders import make_sender
 from node.errors import ConfigError
-from node.events import EventBus, Subscription
 from node.fsutil import free_bytes, make_dirs
-from node.ingest import Ingest
+from node.intake.assembly import StudyAssembler
+from node.intake.ingest import Ingest
+from node.intake.scp import StorageSCP
+from node.intake.spool import Spool
+from node.jobs.events import EventBus, Subscription
 from node.jobs.states import JobState
 from node.jobs.store import InstanceRecord, JobEvent, JobStore, JobView, RecordOutcome
-from node.outbox import Outbox
-from node.scp import StorageSCP
-from node.senders import make_sender
+from node.results.dicom import write_dicom_results
 from node.settings import Settings
-from node.spool import Spool
-from node.worker import Worker, write_basic_results
 from viewer_api.app import init_app
 from viewer_api.auth import TokenAuth
 from viewer_api.keys import WEBSOCKETS

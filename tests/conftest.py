@@ -10,7 +10,7 @@ from node.app import Node
 from node.settings import Settings, load_settings
 from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.bundle_factory import build_bundle, build_threshold_bundle
+from tests.peers.bundles import build_bundle, build_threshold_bundle
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ from sqlalchemy.pool import StaticPool
 
 from node.errors import InvalidTransition, JobNotFound
 from node.jobs.models import AuditRow, Instance, Job, JobEventRow, utcnow
+from node.jobs.routing import RoutingOutcome, SeriesInfo
 from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
-from node.routing import RoutingOutcome, SeriesInfo
 
 
 def _aware(at: datetime) -> datetime:

@@ -9,9 +9,9 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from node.synth.series import SeriesIds, write_series
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.helpers import REPO
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import REPO
+from tests.peers.node_process import NodeProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root, offline: no sandbox, no GPU, none of Chromium's calls home.

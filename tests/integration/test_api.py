@@ -15,8 +15,8 @@ from node.jobs.store import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.conftest import node_settings
-from tests.helpers import async_wait_until
 from tests.integration.test_scp import send
+from tests.peers.helpers import async_wait_until
 
 ADMIN, VIEWER = "admin=" + "a" * 24, "viewer=" + "v" * 24
 

@@ -9,12 +9,12 @@ import pytest
 import ray
 
 from node.app import Node
-from node.compute import RayBackend
+from node.compute.backends import RayBackend
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.conftest import node_settings
-from tests.helpers import async_wait_until
 from tests.integration.test_scp import send
+from tests.peers.helpers import async_wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::UserWarning")

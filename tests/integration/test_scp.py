@@ -14,10 +14,10 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
 
 from node.app import Node
-from node.dimse import StoreStatus
-from node.scp import on_conn_open
+from node.intake.dimse import StoreStatus
+from node.intake.scp import on_conn_open
 from tests.conftest import node_settings
-from tests.helpers import async_wait_until
+from tests.peers.helpers import async_wait_until
 
 NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
 

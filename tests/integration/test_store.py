@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from node.errors import InvalidTransition, JobNotFound
+from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import InstanceRecord, JobStore
-from node.routing import Rule, route
 
 
 def rec(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", modality: str = "CT") -> InstanceRecord:

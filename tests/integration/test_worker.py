@@ -13,15 +13,15 @@ from pydicom.uid import generate_uid
 from ai.segmenter import ModelCard
 from ai.volume import Volume
 from node.app import Node
-from node.compute import JobPipeline, LocalBackend
-from node.events import EventBus
+from node.compute.backends import JobPipeline, LocalBackend
+from node.compute.worker import Worker, write_basic_results
+from node.jobs.events import EventBus
 from node.jobs.store import InstanceRecord, JobStore
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from node.worker import Worker, write_basic_results
 from tests.conftest import node_settings
-from tests.helpers import async_wait_until
 from tests.integration.test_scp import send
+from tests.peers.helpers import async_wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 

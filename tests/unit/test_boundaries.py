@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.peers.helpers import REPO
 
 
 def imported_packages(path: Path) -> set[str]:

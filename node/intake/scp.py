@@ -15,12 +15,12 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, dataset_mismatch, store_response
 from node.errors import InvalidUID, SpoolFull
+from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, dataset_mismatch, store_response
+from node.intake.spool import Spool
+from node.intake.uids import InstanceUIDs, check_uid
 from node.jobs.store import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
-from node.spool import Spool
-from node.uids import InstanceUIDs, check_uid
 
 logger = logging.getLogger(__name__)
 

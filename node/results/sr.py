@@ -11,7 +11,7 @@ from pydicom.sr.coding import Code
 
 from ai.measure import SegmentMeasurement
 from ai.segmenter import ModelCard
-from node.dicom_out.ids import MANUFACTURER, ResultIds, result_uid
+from node.results.ids import MANUFACTURER, ResultIds, result_uid
 
 MILLILITER = Code("ml", "UCUM", "milliliter")          # pydicom's codes have no UCUM milliliter
 _PROCEDURES = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion,

@@ -14,9 +14,9 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
-from node.destinations import Destination
+from node.delivery.destinations import Destination
 from node.errors import SendError
-from node.scp import on_conn_open
+from node.intake.scp import on_conn_open
 
 logger = logging.getLogger(__name__)
 

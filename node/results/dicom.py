@@ -11,12 +11,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ai.segmenter import ModelCard
-from node.dicom_out.ids import ResultIds
-from node.dicom_out.seg import build_segmentation
-from node.dicom_out.sr import build_report
+from node.compute.series import SeriesResult
 from node.fsutil import make_dirs, write_atomic
-from node.inference import SeriesResult
 from node.jobs.store import JobView
+from node.results.ids import ResultIds
+from node.results.seg import build_segmentation
+from node.results.sr import build_report
 
 
 def encode(ds: Dataset) -> bytes:

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from node.delivery.senders import Sender
 from node.errors import InvalidTransition, SendError
-from node.events import EventBus
+from node.jobs.events import EventBus
 from node.jobs.states import JobState
 from node.jobs.store import JobStore, JobView
-from node.senders import Sender
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from node.errors import SpoolFull
 from node.fsutil import free_bytes, is_part_file, make_dirs, write_atomic
-from node.uids import InstanceUIDs
+from node.intake.uids import InstanceUIDs
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from node.assembly import StudyAssembler
-from node.events import EventBus
+from node.intake.assembly import StudyAssembler
+from node.intake.spool import Spool
+from node.intake.uids import InstanceUIDs
+from node.jobs.events import EventBus
+from node.jobs.routing import Rule, route
 from node.jobs.store import InstanceRecord, JobStore, RecordOutcome
-from node.routing import Rule, route
-from node.spool import Spool
-from node.uids import InstanceUIDs
 
 logger = logging.getLogger(__name__)
 

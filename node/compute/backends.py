@@ -24,9 +24,9 @@ from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
 from ai.segmenter import ModelCard
+from node.compute.series import SeriesResult, segment_series
 from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
-from node.inference import SeriesResult, segment_series
 from node.jobs.store import JobView
 from node.settings import ray_address_parts
 

@@ -17,11 +17,11 @@ import torch
 
 from ai.errors import ModelUnavailable, UnsuitableSeries
 from ai.segmenter import ModelCard
-from node.compute import Backend, Requeue
+from node.compute.backends import Backend, Requeue
+from node.compute.series import SeriesResult
 from node.errors import InvalidTransition
-from node.events import EventBus
 from node.fsutil import make_dirs, write_atomic
-from node.inference import SeriesResult
+from node.jobs.events import EventBus
 from node.jobs.states import JobState
 from node.jobs.store import JobStore, JobView
 
