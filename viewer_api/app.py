@@ -8,18 +8,20 @@ from aiohttp import web
 
 from viewer_api import views, ws
 from viewer_api.auth import TokenAuth, auth_middleware
-from viewer_api.keys import AUTH, JOBS, NODE, WEBSOCKETS, WS_SETTINGS
+from viewer_api.keys import JOBS, NODE, WEBSOCKETS, WS_SETTINGS
 from viewer_api.ports import JobQueries, NodeOps
 
 
 def init_app(jobs: JobQueries, node: NodeOps, auth: TokenAuth | None = None, *, ws_queue_size: int = 1000,
-             ws_heartbeat_s: float = 20.0) -> web.Application:
+             ws_heartbeat_s: float = 20.0,
+             websockets: weakref.WeakSet[web.WebSocketResponse] | None = None) -> web.Application:
+    """The web side of a node: `jobs` answers queries, `node` commands; `websockets` (the open sockets,
+    closed at shutdown) may be passed in so the node can count them."""
     auth = auth or TokenAuth()
     app = web.Application(middlewares=[auth_middleware(auth)])
     app[JOBS] = jobs
     app[NODE] = node
-    app[AUTH] = auth
-    app[WEBSOCKETS] = weakref.WeakSet()
+    app[WEBSOCKETS] = weakref.WeakSet() if websockets is None else websockets
     app[WS_SETTINGS] = (ws_queue_size, ws_heartbeat_s)
     r = app.router
     r.add_get("/", views.index)

@@ -27,7 +27,7 @@ from ai.segmenter import ModelCard
 from node.compute.series import SeriesResult, segment_series
 from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
-from node.jobs.store import JobView
+from node.jobs.records import JobView
 from node.settings import ray_address_parts
 
 logger = logging.getLogger(__name__)

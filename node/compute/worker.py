@@ -1,43 +1,33 @@
-"""The worker: claims queued jobs, runs inference in the executor, records results and states."""
+"""The worker: claims queued jobs, runs them on the compute backend, records results and states."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from ai.errors import ModelUnavailable, UnsuitableSeries
-from ai.segmenter import ModelCard
+from node.bridge import LoopBridge
 from node.compute.backends import Backend, Requeue
-from node.compute.series import SeriesResult
-from node.errors import InvalidTransition
-from node.fsutil import make_dirs, write_atomic
-from node.jobs.events import EventBus
-from node.jobs.states import JobState
-from node.jobs.store import JobStore, JobView
+from node.jobs.records import JobView
+from node.jobs.states import NO_DESTINATION, JobState
+from node.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
 
-
 class ProgressReporter:
-    """Thread-safe progress callback: throttled job events, scheduled on the loop from executor threads."""
+    """Thread-safe progress callback: throttled progress events, handed to the loop through the bridge."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, store: JobStore, bus: EventBus, job_id: str,
-                 min_step: float = 0.05, min_interval_s: float = 0.5) -> None:
-        self._loop, self._store, self._bus, self._job_id = loop, store, bus, job_id
+    def __init__(self, bridge: LoopBridge, store: JobStore, job_id: str, min_step: float = 0.05,
+                 min_interval_s: float = 0.5) -> None:
+        self._bridge, self._store, self._job_id = bridge, store, job_id
         self._last = (-1.0, "", 0.0)
         self._min_step, self._min_interval_s = min_step, min_interval_s
-        self.inference_s = 0.0
 
     def __call__(self, fraction: float, stage: str) -> None:
         last_f, last_stage, last_t = self._last
@@ -45,48 +35,28 @@ class ProgressReporter:
         if stage == last_stage and (fraction - last_f < self._min_step or now - last_t < self._min_interval_s):
             return
         self._last = (fraction, stage, now)
-        asyncio.run_coroutine_threadsafe(self._emit(round(min(max(fraction, 0.0), 1.0), 3), stage), self._loop)
-
-    def part(self, index: int, count: int) -> Callable[[float, str], None]:
-        prefix = f"series {index + 1}/{count}: " if count > 1 else ""
-        return lambda f, stage: self((index + f) / count, prefix + stage)
+        self._bridge.submit(self._emit, round(min(max(fraction, 0.0), 1.0), 3), stage)
 
     async def _emit(self, fraction: float, stage: str) -> None:
         try:
-            self._bus.publish([await self._store.progress(self._job_id, fraction, stage)])
+            await self._store.progress(self._job_id, fraction, stage)
         except Exception:           # progress is best effort; the state change is what counts
             logger.debug("progress event for job %s dropped", self._job_id, exc_info=True)
 
 
-def write_basic_results(job: JobView, folder: Path, results: list[SeriesResult], card: ModelCard) -> dict[str, Any]:
-    """Label maps (npz) and measurements (JSON), written atomically into the job's folder."""
-    make_dirs(folder)
-    series = []
-    for r in results:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, labels=r.labels, spacing_mm=np.array(r.volume.spacing_mm),
-                            affine=r.volume.affine)
-        name = f"labels-{r.series_instance_uid}.npz"
-        write_atomic(folder / name, buf.getvalue())
-        series.append({"series_instance_uid": r.series_instance_uid, "labels": name,
-                       "shape": list(r.labels.shape),
-                       "measurements": [m.as_dict() for m in r.measurements]})
-    summary = {"model": card.name, "model_version": card.version, "series": series}
-    write_atomic(folder / "measurements.json", json.dumps(summary, indent=1).encode())
-    return summary
-
-
 class Worker:
-    def __init__(self, store: JobStore, backend: Backend, bus: EventBus, results_root: Path,
-                 poll_s: float = 5.0) -> None:
-        self._store, self._backend, self._bus = store, backend, bus
+    """Owns one claim-run-record loop: `queued -> running -> sending` (or `failed` with the reason, or back
+    to `queued` when the backend lost the job); jobs with no destination go on to `done`."""
+
+    def __init__(self, store: JobStore, backend: Backend, results_root: Path, poll_s: float = 5.0) -> None:
+        self._store, self._backend = store, backend
         self._results_root = results_root
         self._poll_s = poll_s
         self.inference_seconds = 0.0
         self.jobs_finished = 0
 
     async def run(self) -> None:
-        bell = self._bus.doorbell()
+        bell = self._store.bus.doorbell()
         while True:
             bell.clear()             # before the claim, so a job queued meanwhile rings it again
             claimed = await self._store.claim_next()
@@ -94,18 +64,15 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(bell.wait(), timeout=self._poll_s)
                 continue
-            job, event = claimed
-            self._bus.publish([event])
-            await self.process(job)
+            await self.process(claimed[0])
 
     async def process(self, job: JobView) -> None:
-        loop = asyncio.get_running_loop()
-        progress = ProgressReporter(loop, self._store, self._bus, job.id)
+        progress = ProgressReporter(LoopBridge(asyncio.get_running_loop()), self._store, job.id)
         try:
             inputs = {uid: await self._store.instance_paths(job.intake_id, uid) for uid in job.series_instance_uids}
             outcome = await self._backend.run(job, inputs, self._results_root / job.id, progress)
         except Requeue as exc:
-            await self._advance(job, JobState.QUEUED, f"requeued: {exc}")
+            await self._store.advance(job.id, JobState.QUEUED, f"requeued: {exc}")
             return
         except (UnsuitableSeries, ModelUnavailable) as exc:
             await self._fail(job, str(exc))
@@ -120,17 +87,11 @@ class Worker:
             return
         self.inference_seconds += outcome.inference_s
         await self._store.set_results(job.id, outcome.summary)
-        await self._advance(job, JobState.SENDING, outcome.detail)
+        await self._store.advance(job.id, JobState.SENDING, outcome.detail)
         if not job.destinations:
-            await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox")
+            await self._store.advance(job.id, JobState.DONE, NO_DESTINATION)
         self.jobs_finished += 1
-
-    async def _advance(self, job: JobView, to: JobState, detail: str) -> None:
-        try:
-            self._bus.publish([await self._store.transition(job.id, to, detail=detail)])
-        except InvalidTransition:
-            logger.info("job %s changed state while running (cancelled?); not moved to %s", job.id, to.value)
 
     async def _fail(self, job: JobView, reason: str) -> None:
         logger.warning("job %s failed: %s", job.id, reason)
-        await self._advance(job, JobState.FAILED, reason)
+        await self._store.advance(job.id, JobState.FAILED, reason)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from node.delivery.senders import Sender
-from node.errors import InvalidTransition, SendError
-from node.jobs.events import EventBus
-from node.jobs.states import JobState
-from node.jobs.store import JobStore, JobView
+from node.errors import SendError
+from node.jobs.records import JobView
+from node.jobs.states import NO_DESTINATION, JobState
+from node.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,11 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], fl
 
 
 class Outbox:
-    def __init__(self, store: JobStore, bus: EventBus, senders: Mapping[str, Sender], results_root: Path, *,
+    def __init__(self, store: JobStore, senders: Mapping[str, Sender], results_root: Path, *,
                  retry_initial_s: float, retry_max_s: float, retry_deadline_s: float,
                  poll_s: float = 1.0, now: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
-        self._store, self._bus, self._senders = store, bus, dict(senders)
+        self._store, self._senders = store, dict(senders)
         self._results_root = results_root
         self._initial_s, self._max_s, self._deadline_s = retry_initial_s, retry_max_s, retry_deadline_s
         self._poll_s = poll_s
@@ -46,7 +46,7 @@ class Outbox:
         self.send_failures = 0
 
     async def run(self) -> None:
-        bell = self._bus.doorbell()
+        bell = self._store.bus.doorbell()
         while True:
             bell.clear()
             try:
@@ -62,7 +62,7 @@ class Outbox:
     async def tick(self) -> None:
         for job in await self._store.list_jobs(state=JobState.SENDING.value, limit=1000):
             if not job.destinations:      # a crash between `sending` and `done` of a job with nowhere to go
-                await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox")
+                await self._store.advance(job.id, JobState.DONE, NO_DESTINATION)
                 continue
             if self._next_try.get(job.id, 0.0) <= self._now():
                 await self.deliver(job)
@@ -98,25 +98,18 @@ class Outbox:
                 else:
                     wait = backoff_s(state["attempts"], self._initial_s, self._max_s)
                     self._next_try[job.id] = self._now() + wait
-                    self._bus.publish([await self._store.progress(
-                        job.id, None, f"attempt {state['attempts']} to {name} failed: {exc}; "
-                                      f"next try in {wait:.0f} s")])
+                    await self._store.progress(job.id, None, f"attempt {state['attempts']} to {name} failed: "
+                                                             f"{exc}; next try in {wait:.0f} s")
                 return
             state.update(delivered=True, last_error="", at=datetime.now(UTC).isoformat())
             deliveries[name] = state
             await self._store.update_results(job.id, {"deliveries": deliveries})
-            self._bus.publish([await self._store.progress(job.id, None, confirmation)])
+            await self._store.progress(job.id, None, confirmation)
         self._next_try.pop(job.id, None)
         names = ", ".join(job.destinations)
-        await self._advance(job, JobState.DONE, f"delivered to {names} ({len(files)} object(s) each)")
-
-    async def _advance(self, job: JobView, to: JobState, detail: str) -> None:
-        try:
-            self._bus.publish([await self._store.transition(job.id, to, detail=detail)])
-        except InvalidTransition:
-            logger.info("job %s left sending meanwhile (cancelled?)", job.id)
+        await self._store.advance(job.id, JobState.DONE, f"delivered to {names} ({len(files)} object(s) each)")
 
     async def _fail(self, job: JobView, reason: str) -> None:
         self._next_try.pop(job.id, None)
         logger.warning("job %s: delivery failed: %s", job.id, reason)
-        await self._advance(job, JobState.FAILED, reason)
+        await self._store.advance(job.id, JobState.FAILED, reason)

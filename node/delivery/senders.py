@@ -16,7 +16,7 @@ from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
 from node.delivery.destinations import Destination
 from node.errors import SendError
-from node.intake.scp import on_conn_open
+from node.tcp import on_conn_open
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from ai.segmenter import ModelCard
 from node.compute.series import SeriesResult
 from node.fsutil import make_dirs, write_atomic
-from node.jobs.store import JobView
+from node.jobs.records import JobView
 from node.results.ids import ResultIds
 from node.results.seg import build_segmentation
 from node.results.sr import build_report

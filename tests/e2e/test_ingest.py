@@ -14,8 +14,8 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from node.intake.scp import on_conn_open
 from node.synth.series import TRANSFER_SYNTAXES, SeriesIds, write_series
+from node.tcp import on_conn_open
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess

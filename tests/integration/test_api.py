@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.app import Node
-from node.jobs.store import JobEvent
+from node.jobs.records import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.conftest import node_settings

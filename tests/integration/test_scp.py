@@ -15,7 +15,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, 
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
-from node.intake.scp import on_conn_open
+from node.tcp import on_conn_open
 from tests.conftest import node_settings
 from tests.peers.helpers import async_wait_until
 
@@ -219,7 +219,7 @@ async def test_a_busy_job_store_answers_out_of_resources_and_the_resend_is_kept(
     node = Node(node_settings(tmp_path, dicom__record_timeout_s="0.5"))
     await node.start()
     try:
-        async with node.store._write_guard():             # another writer holds the store past the timeout
+        async with node.store.writer_lock.hold():             # another writer holds the store past the timeout
             busy = (await send(node, ct_series[:1]))[0]
         again = (await send(node, ct_series[:1]))[0]
         jobs = await node.store.list_jobs()
