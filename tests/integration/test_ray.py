@@ -12,9 +12,9 @@ from node.app import Node
 from node.compute.backends import RayBackend
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.conftest import node_settings
-from tests.integration.test_scp import send
 from tests.peers.helpers import async_wait_until
+from tests.peers.scu import send
+from tests.peers.settings import node_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::UserWarning")
@@ -51,10 +51,16 @@ async def test_a_dead_actor_puts_its_job_back_in_the_queue(ray_node: Node) -> No
     assert isinstance(backend, RayBackend)
     await backend.actors[0].pid.remote()                # the actor is up (and its model not yet loaded)
     ds = phantom_datasets(make_phantom(slices=80, rows=256, seed=2), SeriesIds())
-    await send(ray_node, ds)
-    job = (await async_wait_until(lambda: ray_node.store.list_jobs(state="running"), 60, "a running job"))[0]
-    await asyncio.sleep(0.5)
+    sub = ray_node.bus.subscribe()
+    try:
+        await send(ray_node, ds)
+        async with asyncio.timeout(60):                  # the actor has the job: kill it mid-inference
+            while (event := await sub.queue.get()).detail != "sent to a Ray actor":
+                pass
+    finally:
+        sub.close()
     ray.kill(backend.actors[0])
+    job = await ray_node.store.get(event.job_id)
     await async_wait_until(lambda: ray_node.store.list_jobs(state="done"), 120, "the job to finish on a new actor")
     states = [(e.state, e.detail) for e in await ray_node.store.events(job.id)]
     assert any(s == "queued" and "Ray actor running it died" in d for s, d in states), states

@@ -21,9 +21,9 @@ from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.conftest import node_settings
-from tests.integration.test_scp import send
 from tests.peers.helpers import async_wait_until
+from tests.peers.scu import send
+from tests.peers.settings import node_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
