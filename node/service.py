@@ -92,11 +92,11 @@ class NodeService:
         return await self._p.store.transition(job_id, JobState.CANCELLED, detail="cancelled")
 
     def result_file(self, job: JobView, kind: str) -> Path:
-        for f in job.results.get("files", []):
-            if f["kind"] == kind:
-                path = self._settings.node.data_path / "results" / job.id / f["file"]
-                if path.exists():
-                    return path
+        found = job.results.file(kind)
+        if found is not None:
+            path = self._settings.node.data_path / "results" / job.id / found.file
+            if path.exists():
+                return path
         raise LookupError(f"job {job.id} has no {kind.upper()} result (state {job.state})")
 
     def subscribe(self, maxsize: int) -> Subscription:

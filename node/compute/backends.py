@@ -27,13 +27,13 @@ from ai.segmenter import ModelCard
 from node.compute.series import SeriesResult, segment_series
 from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
-from node.jobs.records import JobView
+from node.jobs.records import JobResults, JobView
 from node.settings import ray_address_parts
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
-ResultWriter = Callable[[JobView, Path, list[SeriesResult], ModelCard], dict[str, Any]]
+ResultWriter = Callable[[JobView, Path, list[SeriesResult], ModelCard], JobResults]
 
 
 class Requeue(Exception):
@@ -42,7 +42,7 @@ class Requeue(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    summary: dict[str, Any]
+    results: JobResults
     detail: str
     inference_s: float
 
@@ -71,10 +71,10 @@ class JobPipeline:
                     progress((i + f) / n, (f"series {i + 1}/{n}: " if n > 1 else "") + stage)
                 results.append(segment_series(uid, inputs[uid], model, part))
             inference_s = time.monotonic() - started
-            summary: dict[str, Any] = {}
+            written = JobResults()
             for writer in self.writers:
-                summary.update(writer(job, folder, results, model.card))
-            return Outcome(summary, ready_detail(results, time.monotonic() - started), inference_s)
+                written = written.merged(writer(job, folder, results, model.card))
+            return Outcome(written, ready_detail(results, time.monotonic() - started), inference_s)
         finally:
             if self.registry.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -86,7 +86,7 @@ class Worker:
             await self._fail(job, f"internal error during inference: {type(exc).__name__}: {str(exc)[:300]}")
             return
         self.inference_seconds += outcome.inference_s
-        await self._store.set_results(job.id, outcome.summary)
+        await self._store.set_results(job.id, outcome.results)
         await self._store.advance(job.id, JobState.SENDING, outcome.detail)
         if not job.destinations:
             await self._store.advance(job.id, JobState.DONE, NO_DESTINATION)

@@ -12,13 +12,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from node.delivery.senders import Sender
 from node.errors import SendError
-from node.jobs.records import JobView
+from node.jobs.records import Delivery, JobView
 from node.jobs.states import NO_DESTINATION, JobState
 from node.jobs.store import JobStore
 
@@ -32,6 +32,9 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], fl
 
 
 class Outbox:
+    """Owns delivery: every `sending` job's files go to each of its destinations, with retries as stored
+    data (Delivery per destination), until `done`, or `failed` with the reason; results are never deleted."""
+
     def __init__(self, store: JobStore, senders: Mapping[str, Sender], results_root: Path, *,
                  retry_initial_s: float, retry_max_s: float, retry_deadline_s: float,
                  poll_s: float = 1.0, now: Callable[[], float] = time.monotonic,
@@ -68,46 +71,52 @@ class Outbox:
                 await self.deliver(job)
 
     async def deliver(self, job: JobView) -> None:
-        files = [self._results_root / job.id / f["file"] for f in job.results.get("files", [])]
-        deliveries: dict[str, dict[str, Any]] = dict(job.results.get("deliveries", {}))
+        """Try every destination not yet delivered to; `done` once all have the files."""
+        files = [self._results_root / job.id / f.file for f in job.results.files]
+        missing = [f.name for f in files if not f.exists()]
         for name in job.destinations:
-            state = dict(deliveries.get(name, {"delivered": False, "attempts": 0, "last_error": ""}))
-            if state["delivered"]:
+            state = job.results.deliveries.get(name, Delivery())
+            if state.delivered:
                 continue
-            missing = [f.name for f in files if not f.exists()]
             if missing:
                 await self._fail(job, f"result file(s) missing from the outbox: {', '.join(missing)}")
                 return
-            state["attempts"] += 1
-            state.setdefault("first_attempt_at", datetime.now(UTC).isoformat())
-            state.setdefault("first_attempt_epoch", self._wall())
-            sender = self._senders[name]
-            try:
-                confirmation = await asyncio.to_thread(sender.send, files)
-            except SendError as exc:
-                self.send_failures += 1
-                state["last_error"] = str(exc)
-                deliveries[name] = state
-                await self._store.update_results(job.id, {"deliveries": deliveries})
-                elapsed = self._wall() - float(state["first_attempt_epoch"])
-                if not exc.retryable:
-                    await self._fail(job, f"{exc}; results kept in the outbox (attempt {state['attempts']})")
-                elif elapsed >= self._deadline_s:
-                    await self._fail(job, f"gave up delivering to {name} after {state['attempts']} attempts "
-                                          f"over {elapsed / 3600:.1f} h: {exc}; results kept in the outbox")
-                else:
-                    wait = backoff_s(state["attempts"], self._initial_s, self._max_s)
-                    self._next_try[job.id] = self._now() + wait
-                    await self._store.progress(job.id, None, f"attempt {state['attempts']} to {name} failed: "
-                                                             f"{exc}; next try in {wait:.0f} s")
+            if not await self._attempt(job, name, files, state):
                 return
-            state.update(delivered=True, last_error="", at=datetime.now(UTC).isoformat())
-            deliveries[name] = state
-            await self._store.update_results(job.id, {"deliveries": deliveries})
-            await self._store.progress(job.id, None, confirmation)
         self._next_try.pop(job.id, None)
         names = ", ".join(job.destinations)
         await self._store.advance(job.id, JobState.DONE, f"delivered to {names} ({len(files)} object(s) each)")
+
+    async def _attempt(self, job: JobView, name: str, files: list[Path], state: Delivery) -> bool:
+        """One attempt to deliver to `name`, recorded in the job; True when the files arrived."""
+        state = replace(state, attempts=state.attempts + 1,
+                        first_attempt_at=state.first_attempt_at or datetime.now(UTC).isoformat(),
+                        first_attempt_epoch=state.first_attempt_epoch or self._wall())
+        try:
+            confirmation = await asyncio.to_thread(self._senders[name].send, files)
+        except SendError as exc:
+            self.send_failures += 1
+            await self._store.record_delivery(job.id, name, replace(state, last_error=str(exc)))
+            await self._after_failure(job, name, state, exc)
+            return False
+        await self._store.record_delivery(job.id, name, replace(state, delivered=True, last_error="",
+                                                                 at=datetime.now(UTC).isoformat()))
+        await self._store.progress(job.id, None, confirmation)
+        return True
+
+    async def _after_failure(self, job: JobView, name: str, state: Delivery, exc: SendError) -> None:
+        """Fail the job (not retryable, or past the deadline) or schedule the next attempt."""
+        elapsed = self._wall() - state.first_attempt_epoch
+        if not exc.retryable:
+            await self._fail(job, f"{exc}; results kept in the outbox (attempt {state.attempts})")
+        elif elapsed >= self._deadline_s:
+            await self._fail(job, f"gave up delivering to {name} after {state.attempts} attempts "
+                                  f"over {elapsed / 3600:.1f} h: {exc}; results kept in the outbox")
+        else:
+            wait = backoff_s(state.attempts, self._initial_s, self._max_s)
+            self._next_try[job.id] = self._now() + wait
+            await self._store.progress(job.id, None, f"attempt {state.attempts} to {name} failed: {exc}; "
+                                                     f"next try in {wait:.0f} s")
 
     async def _fail(self, job: JobView, reason: str) -> None:
         self._next_try.pop(job.id, None)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,67 @@ class JobEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ResultFile:
+    """One DICOM object a job made, in the job's results folder (`<data>/results/<job id>/<file>`)."""
+
+    kind: str                           # "seg" | "sr"
+    file: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    source_series_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where delivery to one destination stands; the first attempt's wall-clock time bounds the retries."""
+
+    delivered: bool = False
+    attempts: int = 0
+    last_error: str = ""
+    first_attempt_at: str = ""
+    first_attempt_epoch: float = 0.0
+    at: str = ""                        # when it was delivered
+
+
+@dataclass(frozen=True, slots=True)
+class JobResults:
+    """What a job produced and where it went: written by the worker (model, series, files), extended by the
+    outbox (deliveries), read by the API. Stored as JSON on the job; `as_json` is the API's shape."""
+
+    model: str = ""
+    model_version: str = ""
+    series: tuple[Mapping[str, Any], ...] = ()      # per series: label map file, shape, measurements
+    files: tuple[ResultFile, ...] = ()
+    deliveries: Mapping[str, Delivery] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> JobResults:
+        raw = raw or {}
+        return cls(model=str(raw.get("model", "")), model_version=str(raw.get("model_version", "")),
+                   series=tuple(raw.get("series", ())), files=tuple(ResultFile(**f) for f in raw.get("files", ())),
+                   deliveries={name: Delivery(**d) for name, d in raw.get("deliveries", {}).items()})
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.model:
+            out.update(model=self.model, model_version=self.model_version, series=[dict(s) for s in self.series])
+        if self.files:
+            out["files"] = [asdict(f) for f in self.files]
+        if self.deliveries:
+            out["deliveries"] = {name: asdict(d) for name, d in self.deliveries.items()}
+        return out
+
+    def merged(self, other: JobResults) -> JobResults:
+        """This record with what `other` (one writer's part) adds."""
+        return JobResults(model=other.model or self.model, model_version=other.model_version or self.model_version,
+                          series=other.series or self.series, files=self.files + other.files,
+                          deliveries={**self.deliveries, **other.deliveries})
+
+    def file(self, kind: str) -> ResultFile | None:
+        return next((f for f in self.files if f.kind == kind), None)
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     """A job as it was when read; PHI (patient name and ID) only leaves through `as_dict(phi=True)`."""
 
@@ -56,7 +118,7 @@ class JobView:
     series_description: str
     instance_count: int
     attempts: int
-    results: dict[str, Any]
+    results: JobResults
     created_at: datetime
     updated_at: datetime
     patient_name: str = field(default="", repr=False)
@@ -67,7 +129,7 @@ class JobView:
         return cls(job.id, job.study_instance_uid, job.intake_id, job.state, job.detail, job.progress,
                    job.rule, job.model, tuple(job.destinations or ()), tuple(job.series_instance_uids or ()),
                    job.calling_ae, job.modality, job.series_description, job.instance_count, job.attempts,
-                   dict(job.results or {}), aware(job.created_at), aware(job.updated_at),
+                   JobResults.from_json(job.results), aware(job.created_at), aware(job.updated_at),
                    job.patient_name or "", job.patient_id or "")
 
     def as_dict(self, *, phi: bool = False) -> dict[str, Any]:
@@ -77,7 +139,7 @@ class JobView:
                "destinations": list(self.destinations), "series_instance_uids": list(self.series_instance_uids),
                "calling_ae": self.calling_ae, "modality": self.modality,
                "series_description": self.series_description, "instance_count": self.instance_count,
-               "attempts": self.attempts, "results": self.results,
+               "attempts": self.attempts, "results": self.results.as_json(),
                "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat()}
         if phi:
             out.update(patient_name=self.patient_name, patient_id=self.patient_id)

@@ -16,7 +16,7 @@ from node.jobs.events import EventBus
 from node.jobs.instances import InstanceWriter, new_id, sqlite_pragmas
 from node.jobs.models import AuditRow, Job, JobEventRow, utcnow
 from node.jobs.queries import JobReads
-from node.jobs.records import InstanceRecord, JobEvent, JobView, RecordOutcome
+from node.jobs.records import Delivery, InstanceRecord, JobEvent, JobResults, JobView, RecordOutcome
 from node.jobs.routing import RoutingOutcome, SeriesInfo
 from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
@@ -212,19 +212,20 @@ class JobStore(JobReads):
         return view, self._published([event])[0]
 
     # -- results and audit ----------------------------------------------------------------------
-    async def update_results(self, job_id: str, changes: dict[str, object]) -> dict[str, object]:
-        """Merge top-level keys into Job.results, atomically; return the new results."""
+    async def set_results(self, job_id: str, results: JobResults) -> None:
+        async with self._write() as s:
+            await s.execute(update(Job).where(Job.id == job_id).values(results=results.as_json(), updated_at=utcnow()))
+
+    async def record_delivery(self, job_id: str, destination: str, delivery: Delivery) -> JobResults:
+        """Set where delivery to `destination` stands, atomically; return the job's results as they are now."""
         async with self._write() as s:
             job = await s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id}")
-            job.results = {**(job.results or {}), **changes}
-            job.updated_at = utcnow()
-            return dict(job.results)
-
-    async def set_results(self, job_id: str, results: dict[str, object]) -> None:
-        async with self._write() as s:
-            await s.execute(update(Job).where(Job.id == job_id).values(results=results, updated_at=utcnow()))
+            current = JobResults.from_json(job.results)
+            results = current.merged(JobResults(deliveries={destination: delivery}))
+            job.results, job.updated_at = results.as_json(), utcnow()
+            return results
 
     async def audit(self, actor: str, role: str, action: str, job_id: str = "", study_instance_uid: str = "",
                     remote: str = "") -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ai.segmenter import ModelCard
 from node.compute.series import SeriesResult
 from node.fsutil import make_dirs, write_atomic
-from node.jobs.records import JobView
+from node.jobs.records import JobResults, JobView
 
 
-def write_basic_results(job: JobView, folder: Path, results: list[SeriesResult], card: ModelCard) -> dict[str, Any]:
+def write_basic_results(job: JobView, folder: Path, results: list[SeriesResult], card: ModelCard) -> JobResults:
     """Label maps (npz) and measurements (JSON), written atomically into the job's folder."""
     make_dirs(folder)
     series = []
@@ -30,4 +29,4 @@ def write_basic_results(job: JobView, folder: Path, results: list[SeriesResult],
                        "measurements": [m.as_dict() for m in r.measurements]})
     summary = {"model": card.name, "model_version": card.version, "series": series}
     write_atomic(folder / "measurements.json", json.dumps(summary, indent=1).encode())
-    return summary
+    return JobResults(model=card.name, model_version=card.version, series=tuple(series))

@@ -34,10 +34,10 @@ async def test_a_job_runs_to_done_on_a_ray_actor(ray_node: Node) -> None:
     ds = phantom_datasets(make_phantom(slices=16, rows=64, seed=1), SeriesIds())
     await send(ray_node, ds)
     job = (await async_wait_until(lambda: ray_node.store.list_jobs(state="done"), 90, "a done job"))[0]
-    kinds = sorted(f["kind"] for f in job.results["files"])
+    kinds = sorted(f.kind for f in job.results.files)
     assert kinds == ["seg", "sr"]
     folder = ray_node.settings.node.data_path / "results" / job.id
-    assert all((folder / f["file"]).exists() for f in job.results["files"])
+    assert all((folder / f.file).exists() for f in job.results.files)
     actor_pid = await ray_node.backend.actors[0].pid.remote()
     import os
     assert actor_pid != os.getpid()                      # it really ran in another process

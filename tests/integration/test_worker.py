@@ -82,7 +82,7 @@ async def test_a_bundle_picked_by_a_rule_runs(wnode: Node) -> None:
     await send(wnode, ds)
     job = await final_job(wnode, ds[0].StudyInstanceUID)
     assert (job.state, job.model) == ("done", "phantom-threshold"), job.detail
-    names = [m["name"] for m in job.results["series"][0]["measurements"]]
+    names = [m["name"] for m in job.results.series[0]["measurements"]]
     assert names == ["Soft tissue", "Lung", "Bone"]
 
 
