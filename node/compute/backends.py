@@ -81,6 +81,8 @@ class JobPipeline:
 
 
 class Backend(Protocol):
+    """Where jobs run: LocalBackend (this process) or RayBackend (Ray actors); the Worker depends on this."""
+
     device: torch.device
 
     async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
@@ -95,6 +97,8 @@ class Backend(Protocol):
 
 
 class LocalBackend:
+    """Runs the JobPipeline on this process's inference executor (the one `run_in_executor` of the node)."""
+
     def __init__(self, pipeline: JobPipeline, executor: Executor) -> None:
         self.pipeline = pipeline
         self.executor = executor

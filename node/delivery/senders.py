@@ -57,6 +57,8 @@ _RETRYABLE_PREFIXES = (0xA7,)             # out of resources
 
 
 class DicomSender:
+    """C-STORE SCU to one DICOM destination, one association per delivery; refusals become SendError."""
+
     def __init__(self, dest: Destination, calling_ae: str, timeout_s: float) -> None:
         self.dest = dest
         self.calling_ae = calling_ae

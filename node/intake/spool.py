@@ -22,6 +22,9 @@ class SpoolWrite:
 
 
 class Spool:
+    """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, written atomically
+    and fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
+
     def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
