@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from node.app import Node
-from node.compute.backends import RayBackend
+from node.compute.ray_backend import RayBackend
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.helpers import async_wait_until
