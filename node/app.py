@@ -14,7 +14,9 @@ from aiohttp import web
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
-from node.compute.ray_backend import Backend, JobPipeline, LocalBackend, RayBackend
+from node.compute.local import LocalBackend
+from node.compute.pipeline import Backend, JobPipeline
+from node.compute.ray_backend import RayBackend
 from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
 from node.delivery.senders import make_sender

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ai.registry import ModelRegistry
-from node.compute.ray_backend import Backend
+from node.compute.pipeline import Backend
 from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
 from node.fsutil import free_bytes

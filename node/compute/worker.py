@@ -12,7 +12,7 @@ import torch
 
 from ai.errors import ModelUnavailable, UnsuitableSeries
 from node.bridge import LoopBridge
-from node.compute.ray_backend import Backend, Requeue
+from node.compute.pipeline import Backend, Requeue
 from node.jobs.records import JobView
 from node.jobs.states import NO_DESTINATION, JobState
 from node.jobs.store import JobStore

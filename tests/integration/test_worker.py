@@ -13,7 +13,8 @@ from pydicom.uid import generate_uid
 from ai.segmenter import ModelCard
 from ai.volume import Volume
 from node.app import Node
-from node.compute.ray_backend import JobPipeline, LocalBackend
+from node.compute.local import LocalBackend
+from node.compute.pipeline import JobPipeline
 from node.compute.worker import Worker
 from node.jobs.records import InstanceRecord
 from node.jobs.routing import Rule, route
