@@ -10,7 +10,7 @@ from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import REPO, free_port, peer_env, tool, wait_until
+from tests.peers.helpers import REPO, free_port, peer_env, tool, wait_until
 
 LUA = REPO / "config" / "orthanc" / "forward-to-segnode.lua"
 PLUGINS = Path("/usr/share/orthanc/plugins")
