@@ -193,8 +193,8 @@ class Node:
                     return path
         raise LookupError(f"job {job.id} has no {kind.upper()} result (state {job.state})")
 
-    def subscribe(self, maxsize: int) -> Subscription:
-        return self.bus.subscribe(maxsize)
+    def subscribe(self, maxsize: int, study: str | None = None) -> Subscription:
+        return self.bus.subscribe(maxsize, study)
 
     async def metrics(self) -> dict[str, Any]:
         assert self.store is not None

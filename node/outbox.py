@@ -31,6 +31,15 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], fl
     return base * (0.75 + 0.5 * rng())
 
 
+def result_series(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job's result files as series: [{"kind", "series_instance_uid", "sop_instance_uids"}], in file order."""
+    by_series: dict[tuple[str, str], list[str]] = {}
+    for f in files:
+        by_series.setdefault((f["kind"], f["series_instance_uid"]), []).append(f["sop_instance_uid"])
+    return [{"kind": kind, "series_instance_uid": uid, "sop_instance_uids": sops}
+            for (kind, uid), sops in by_series.items()]
+
+
 class Outbox:
     def __init__(self, store: JobStore, bus: EventBus, senders: Mapping[str, Sender], results_root: Path, *,
                  retry_initial_s: float, retry_max_s: float, retry_deadline_s: float,
@@ -62,7 +71,8 @@ class Outbox:
     async def tick(self) -> None:
         for job in await self._store.list_jobs(state=JobState.SENDING.value, limit=1000):
             if not job.destinations:      # a crash between `sending` and `done` of a job with nowhere to go
-                await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox")
+                await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox",
+                                    {"delivered": {}})
                 continue
             if self._next_try.get(job.id, 0.0) <= self._now():
                 await self.deliver(job)
@@ -108,11 +118,16 @@ class Outbox:
             self._bus.publish([await self._store.progress(job.id, None, confirmation)])
         self._next_try.pop(job.id, None)
         names = ", ".join(job.destinations)
-        await self._advance(job, JobState.DONE, f"delivered to {names} ({len(files)} object(s) each)")
+        # what a viewer waits for: the series and instances each destination now holds
+        series = result_series(job.results.get("files", []))
+        delivered = {name: series for name in job.destinations}
+        await self._store.update_results(job.id, {"delivered": delivered})
+        await self._advance(job, JobState.DONE, f"delivered to {names} ({len(files)} object(s) each)",
+                            {"delivered": delivered})
 
-    async def _advance(self, job: JobView, to: JobState, detail: str) -> None:
+    async def _advance(self, job: JobView, to: JobState, detail: str, data: dict[str, Any] | None = None) -> None:
         try:
-            self._bus.publish([await self._store.transition(job.id, to, detail=detail)])
+            self._bus.publish([await self._store.transition(job.id, to, detail=detail, data=data)])
         except InvalidTransition:
             logger.info("job %s left sending meanwhile (cancelled?)", job.id)
 

@@ -122,12 +122,13 @@ class Worker:
         await self._store.set_results(job.id, outcome.summary)
         await self._advance(job, JobState.SENDING, outcome.detail)
         if not job.destinations:
-            await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox")
+            await self._advance(job, JobState.DONE, "no destination configured: results kept in the outbox",
+                                {"delivered": {}})
         self.jobs_finished += 1
 
-    async def _advance(self, job: JobView, to: JobState, detail: str) -> None:
+    async def _advance(self, job: JobView, to: JobState, detail: str, data: dict[str, Any] | None = None) -> None:
         try:
-            self._bus.publish([await self._store.transition(job.id, to, detail=detail)])
+            self._bus.publish([await self._store.transition(job.id, to, detail=detail, data=data)])
         except InvalidTransition:
             logger.info("job %s changed state while running (cancelled?); not moved to %s", job.id, to.value)
 

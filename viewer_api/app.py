@@ -24,6 +24,7 @@ def init_app(jobs: JobQueries, node: NodeOps, auth: TokenAuth | None = None, *, 
     r = app.router
     r.add_get("/", views.index)
     r.add_static("/static/", views.STATIC)
+    r.add_get("/ohif/segnode-ohif.mjs", views.ohif_module)
     r.add_get("/api/health", views.health)
     r.add_get("/api/openapi.json", views.openapi)
     r.add_get("/api/jobs", views.list_jobs)

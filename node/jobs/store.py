@@ -37,16 +37,17 @@ class JobEvent:
     progress: float | None
     detail: str
     at: datetime
+    data: dict[str, Any] | None = field(default=None, compare=False)   # e.g. "delivered" on `done`
 
     @classmethod
     def of(cls, row: JobEventRow) -> JobEvent:
         return cls(row.seq, row.job_id, row.study_instance_uid, row.state, row.progress, row.detail,
-                   _aware(row.at))
+                   _aware(row.at), row.data)
 
     def as_message(self) -> dict[str, Any]:
         return {"seq": self.seq, "job_id": self.job_id, "study_instance_uid": self.study_instance_uid,
                 "state": self.state, "progress": self.progress, "detail": self.detail,
-                "at": self.at.isoformat()}
+                "at": self.at.isoformat(), **(self.data or {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +213,10 @@ class JobStore:
 
     # -- writers --------------------------------------------------------------------------------
     @staticmethod
-    def _event(s: AsyncSession, job: Job, detail: str, progress: float | None = None) -> JobEventRow:
+    def _event(s: AsyncSession, job: Job, detail: str, progress: float | None = None,
+               data: dict[str, Any] | None = None) -> JobEventRow:
         row = JobEventRow(job_id=job.id, study_instance_uid=job.study_instance_uid, state=job.state,
-                          progress=progress, detail=detail[:2000], at=utcnow())
+                          progress=progress, detail=detail[:2000], at=utcnow(), data=data)
         s.add(row)
         return row
 
@@ -315,18 +317,20 @@ class JobStore:
         return job_id, (JobEvent(seq, job_id, rec.study_instance_uid, JobState.RECEIVING.value, None, detail, now),)
 
     async def transition(self, job_id: str, to: JobState | str, *, detail: str = "",
-                         progress: float | None = None) -> JobEvent:
-        """The only writer of `Job.state`: check ALLOWED, update the job and append its event, atomically."""
+                         progress: float | None = None, data: dict[str, Any] | None = None) -> JobEvent:
+        """The only writer of `Job.state`: check ALLOWED, update the job and append its event, atomically.
+        `data` adds keys to the event's message (the `done` event's "delivered")."""
         to = JobState(to)
         async with self._write() as s:
             job = await s.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise JobNotFound(f"no job {job_id}")
-            row = self._move(s, job, to, detail, progress)
+            row = self._move(s, job, to, detail, progress, data)
             await s.flush()                      # the event's seq is assigned here
             return JobEvent.of(row)
 
-    def _move(self, s: AsyncSession, job: Job, to: JobState, detail: str, progress: float | None) -> JobEventRow:
+    def _move(self, s: AsyncSession, job: Job, to: JobState, detail: str, progress: float | None,
+              data: dict[str, Any] | None = None) -> JobEventRow:
         src = JobState(job.state)
         if to not in ALLOWED[src]:
             raise InvalidTransition(f"job {job.id} is {src.value}; it cannot become {to.value}")
@@ -336,7 +340,7 @@ class JobStore:
         job.detail = detail[:2000]
         job.progress = progress
         job.updated_at = utcnow()
-        return self._event(s, job, detail, progress)
+        return self._event(s, job, detail, progress, data)
 
     async def progress(self, job_id: str, progress: float | None, detail: str) -> JobEvent:
         """Append a progress event without changing the state."""
