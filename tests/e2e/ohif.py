@@ -64,6 +64,7 @@ def app_config(ohif_origin: str, segnode_origin: str, token: str) -> str:
         "showStudyList": True,
         "showWarningMessageForCrossOrigin": False,
         "showCPUFallbackMessage": False,
+        "investigationalUseDialog": {"option": "never"},
         "extensions": [f"{segnode_origin}/ohif/segnode-ohif.mjs"],
         "modes": [],
         "segnode": {"wsUrl": f"{segnode_origin.replace('http', 'ws', 1)}/ws/jobs", "token": token},

@@ -52,8 +52,8 @@ function notify(job) {
   const type = job.state === 'done' ? 'success' : job.state === 'failed' ? 'error' : 'info';
   toasts.show({
     id: `segnode-${job.id}`,                     // one toast per job, updated in place
-    title: `Segnode ${job.model || 'job'}: ${job.state}`,
-    message: job.detail || job.state,
+    title: `Segnode: ${job.state}`,
+    message: [job.model, job.detail].filter(Boolean).join(' · ') || job.state,
     type,
     autoClose: TERMINAL.has(job.state),
     duration: TERMINAL.has(job.state) ? 8000 : 60000,
@@ -143,6 +143,7 @@ class StudyWatch {
       job = { id: event.job_id, states: [], seqs: [], progress: null, detail: '', state: '', model: '',
               measurements: null, resultsShown: false };
       this.jobs.set(event.job_id, job);
+      this.fetchJob(job);            // model and series: the events do not repeat them
     }
     job.seqs.push(event.seq);
     job.progress = event.progress;
@@ -153,22 +154,24 @@ class StudyWatch {
       notify(job);                   // a toast on each state change, not on each progress tick
     }
     if (event.state === 'done') {
-      this.fetchMeasurements(job);
+      this.fetchJob(job);            // its measurements
       this.showResults(job, event.delivered);
     }
   }
 
-  async fetchMeasurements(job) {
+  async fetchJob(job) {
     try {
       const headers = state.config.token ? { Authorization: `Bearer ${state.config.token}` } : {};
       const response = await fetch(apiUrl(`/api/jobs/${encodeURIComponent(job.id)}`), { headers });
       if (!response.ok) return;
       const body = await response.json();
-      job.model = job.model || body.model;
-      job.measurements = measurementsOf(body.results);
+      job.model = body.model;
+      job.seriesDescription = body.series_description;
+      job.modality = body.modality;
+      if (body.state === 'done') job.measurements = measurementsOf(body.results);
       render();
     } catch (error) {
-      console.warn('segnode: measurements not available', error);
+      console.warn('segnode: job details not available', error);
     }
   }
 
@@ -262,6 +265,7 @@ class SegnodeJobs extends HTMLElement {
       const section = document.createElement('section');
       section.dataset.study = watch.study;
       section.dataset.connection = watch.status;
+      section.dataset.connections = String(watch.connections);
       section.append(text('div', watch.status === 'live' ? 'live' : watch.status, 'segnode-connection'));
       if (watch.status === 'live' && !watch.jobs.size) {
         section.append(text('p', 'No Segnode job for this study.', 'segnode-empty'));
