@@ -154,6 +154,7 @@ def test_a_failed_job_shows_its_reason(site: Site) -> None:
     job = site.api(f"/api/jobs/{job_card(page).first.get_attribute('data-job-id')}")
     assert job["state"] == "failed" and job["detail"]
     assert job_card(page).first.locator(".segnode-reason").inner_text() == job["detail"]
+    assert job_card(page).first.locator(".segnode-state").inner_text() == "ct-basic: failed"
     page.locator("[data-sonner-toast]", has_text="failed").first.wait_for(timeout=10_000)
     assert thumbnail(page, "SEG").count() == 0
     page.screenshot(path=str(ARTIFACTS / "ohif-failed-job.png"))

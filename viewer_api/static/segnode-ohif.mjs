@@ -153,6 +153,7 @@ class StudyWatch {
       job.states.push(event.state);
       notify(job);                   // a toast on each state change, not on each progress tick
     }
+    if (event.state === 'queued' && !job.model) this.fetchJob(job);   // routed: the model is known now
     if (event.state === 'done') {
       this.fetchJob(job);            // its measurements
       this.showResults(job, event.delivered);
