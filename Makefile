@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
+	# ct-liver's weights: converted once from the pyliverlesionseg wheel on PyPI (idempotent, no model hub)
+	$(VENV)/bin/segnode models install ct-liver
 	$(VENV)/bin/segnode serve
 
 peers:
@@ -29,9 +31,9 @@ peers:
 	fi
 
 # the prebuilt OHIF viewer the browser test drives: @ohif/app, pinned and sha512-checked in
-# tests/e2e/ohif.py, fetched once with npm into ~/.cache/segnode/ohif (never into the repository)
+# tests/peers/ohif.py, fetched once with npm into ~/.cache/segnode/ohif (never into the repository)
 ohif: install
-	$(PY) -m tests.e2e.ohif
+	$(PY) -m tests.peers.ohif
 
 lint: install
 	$(VENV)/bin/ruff check node ai viewer_api tests bench

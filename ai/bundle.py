@@ -1,7 +1,7 @@
 """MONAI bundles from a local folder: labels and pre/post-processing from the bundle's configs.
 
-Layout: `configs/metadata.json`, `configs/inference.json`, weights in `models/model.pt` (a state dict
-for `network_def`) or `models/model.ts` (TorchScript). Nothing is ever downloaded.
+Layouts (JSON or YAML config, channel_def or label_def, scripts/, state dict, checkpoint or TorchScript):
+see ai/bundle_files.py. Nothing is ever downloaded.
 
 Axes: MONAI sees the volume as MONAI's ITK reader would load DICOM, (column, row, slice) = (x, y, z)
 with a RAS affine; the label map is brought back onto the source grid (the bundle's Invertd, or the
@@ -10,7 +10,6 @@ inverse of its preprocessing) and returned in ai/'s (slice, row, column).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,19 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 
+from ai.bundle_files import (
+    build_card,
+    bundle_imports,
+    explain,
+    read_config,
+    read_metadata,
+    state_dict_of,
+    weights_file,
+)
 from ai.device import to_device
 from ai.errors import ModelUnavailable
-from ai.segmenter import LabelSpec, ModelCard, Progress, check_suitable
+from ai.segmenter import ModelCard, Progress, check_suitable
 from ai.volume import Volume
 
 _SKIP = re.compile(r"^(LoadImage|SaveImage)")
@@ -40,46 +46,11 @@ class SlidingWindow:
     sw_batch_size: int | None = None
 
 
-def _code(text: str, where: str) -> Code:
-    """'SCT:78961009:Spleen' -> Code; a bare name is looked up in pydicom's SNOMED CT dictionary."""
-    parts = text.split(":", 2)
-    if len(parts) == 3:
-        return Code(parts[1], parts[0], parts[2])
-    key = re.sub(r"[^0-9A-Za-z]+", " ", text).title().replace(" ", "")
-    try:
-        return getattr(codes.SCT, key)
-    except AttributeError:
-        raise ModelUnavailable(f"{where}: no SNOMED CT code for {text!r}; give one in metadata.json as "
-                               "\"SCHEME:VALUE:Meaning\" under segnode.labels") from None
-
-
 def read_card(bundle: Path) -> ModelCard:
-    """The model card from metadata.json: channel_def gives the labels, `segnode` may refine them."""
-    meta_path = bundle / "configs" / "metadata.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelUnavailable(f"bundle {bundle.name}: cannot read configs/metadata.json ({exc})") from None
-    extra = meta.get("segnode", {})
-    try:
-        channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    except (KeyError, TypeError):
-        raise ModelUnavailable(f"bundle {bundle.name}: metadata.json has no "
-                               "network_data_format.outputs.pred.channel_def (the label names)") from None
-    labels = []
-    for key, name in sorted(channels.items(), key=lambda kv: int(kv[0])):
-        number = int(key)
-        if number == 0:
-            continue
-        spec = extra.get("labels", {}).get(str(number), {})
-        where = f"bundle {bundle.name} label {number}"
-        labels.append(LabelSpec(number=number, name=str(spec.get("name", name)).capitalize()[:64],
-                                category=_code(spec.get("category", "SCT:91723000:Anatomical Structure"), where),
-                                type=_code(spec.get("type", name), where)))
-    return ModelCard(name=bundle.name, version=str(meta.get("version", "0")),
-                     description=str(meta.get("description", meta.get("name", bundle.name)))[:200],
-                     modalities=tuple(m.upper() for m in extra.get("modalities", [])), labels=tuple(labels),
-                     intensity_unit=str(extra.get("intensity_unit", "HU")), min_slices=int(extra.get("min_slices", 3)))
+    """The model card: labels from metadata.json (channel_def or label_def) or the config's `labels`, each coded."""
+    meta = read_metadata(bundle)
+    parser = read_config(bundle)
+    return build_card(bundle, meta, parser.config if isinstance(parser.config, dict) else {})[0]
 
 
 def _strip_io(parser: ConfigParser, key: str) -> None:
@@ -123,27 +94,25 @@ class BundleSegmenter:
     def __init__(self, bundle: Path, device: torch.device | str = "cpu", window: SlidingWindow | None = None) -> None:
         self.path = bundle
         self.device = torch.device(device)
-        self.card = read_card(bundle)
-        parser = ConfigParser()
-        try:
-            parser.read_config(str(bundle / "configs" / "inference.json"))
-        except Exception as exc:             # MONAI raises several kinds; the admin needs the file and the reason
-            raise ModelUnavailable(f"bundle {bundle.name}: cannot read configs/inference.json ({exc})") from None
-        parser["bundle_root"] = str(bundle)
+        meta = read_metadata(bundle)
+        parser = read_config(bundle)
+        self.card, self.warnings = build_card(bundle, meta, parser.config if isinstance(parser.config, dict) else {})
         parser["device"] = str(self.device)
-        self.network = self._load_network(parser)
-        for key in ("preprocessing", "postprocessing"):
-            if key in parser:
-                _strip_io(parser, key)
-        try:
-            self.preprocessing = parser.get_parsed_content("preprocessing") if "preprocessing" in parser \
-                else Compose([])
-            self.postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
-        except Exception as exc:
-            raise ModelUnavailable(f"bundle {bundle.name}: cannot build its transforms ({str(exc)[:200]})") from None
+        with bundle_imports(bundle):
+            self.network = self._load_network(parser)
+            for key in ("preprocessing", "postprocessing"):
+                if key in parser:
+                    _strip_io(parser, key)
+            try:
+                self.preprocessing = parser.get_parsed_content("preprocessing") if "preprocessing" in parser \
+                    else Compose([])
+                self.postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser \
+                    else None
+                base = parser.get_parsed_content("inferer") if "inferer" in parser else None
+            except Exception as exc:
+                raise ModelUnavailable(f"bundle {bundle.name}: transforms: {explain(exc)}") from None
         self._channel_first = any(type(t).__name__.startswith("EnsureChannelFirst")
                                   for t in getattr(self.preprocessing, "transforms", []))
-        base = parser.get_parsed_content("inferer") if "inferer" in parser else None
         w = window or SlidingWindow()
         self.inferer = SlidingWindowInferer(
             roi_size=w.roi_size or getattr(base, "roi_size", (96, 96, 96)),
@@ -152,22 +121,29 @@ class BundleSegmenter:
             mode=getattr(base, "mode", "gaussian") if base is not None else "gaussian")
 
     def _load_network(self, parser: ConfigParser) -> torch.nn.Module:
-        ts, pt = self.path / "models" / "model.ts", self.path / "models" / "model.pt"
+        path, key = weights_file(self.path, parser)
+        where = f"bundle {self.path.name}"
+        if path.suffix == ".ts":
+            try:
+                return torch.jit.load(str(path), map_location=self.device).eval()
+            except Exception as exc:
+                raise ModelUnavailable(f"{where}: weights {path.name}: {explain(exc)}") from None
+        name = "network_def" if "network_def" in parser else "network"
         try:
-            if ts.exists():
-                net = torch.jit.load(str(ts), map_location=self.device)
-            elif pt.exists():
-                key = "network_def" if "network_def" in parser else "network"
-                net = parser.get_parsed_content(key)
-                state = torch.load(pt, map_location=self.device, weights_only=True)
-                net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-            else:
-                raise ModelUnavailable(f"bundle {self.path.name}: no models/model.ts or models/model.pt")
-        except ModelUnavailable:
-            raise
+            net = parser.get_parsed_content(name)
         except Exception as exc:
-            raise ModelUnavailable(f"bundle {self.path.name}: cannot load the network ({type(exc).__name__}: "
-                                   f"{str(exc)[:200]})") from None
+            raise ModelUnavailable(f"{where}: {name}: {explain(exc)}") from None
+        try:
+            checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            try:                              # TorchScript saved as .pt
+                return torch.jit.load(str(path), map_location=self.device).eval()
+            except Exception:
+                raise ModelUnavailable(f"{where}: weights {path.name}: {explain(exc)}") from None
+        try:
+            net.load_state_dict(state_dict_of(checkpoint, key))
+        except Exception as exc:
+            raise ModelUnavailable(f"{where}: weights {path.name} do not fit {name}: {explain(exc)}") from None
         return net.to(self.device).eval()
 
     def predict(self, volume: Volume, progress: Progress | None = None) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from ai.segmenter import ModelCard
 
@@ -34,19 +35,29 @@ def measure(labels: np.ndarray, intensities: np.ndarray, spacing_mm: tuple[float
     if any(s <= 0 for s in spacing_mm):
         raise ValueError(f"spacing must be positive, got {spacing_mm}")
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    # one C pass per statistic for all labels at once: a model with 100+ labels must not cost 100+ volume passes
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=256)
+    wanted = [spec for spec in card.labels if spec.number < counts.size and counts[spec.number]]
+    if not wanted:
+        return []
+    values = intensities.ravel().astype(np.float64)
+    sums = np.bincount(flat, weights=values, minlength=256)
+    squares = np.bincount(flat, weights=values * values, minlength=256)
+    numbers = [spec.number for spec in wanted]
+    lows = ndimage.minimum(intensities, labels, numbers)
+    highs = ndimage.maximum(intensities, labels, numbers)
+    boxes = ndimage.find_objects(labels, max_label=max(numbers))
     out = []
-    for spec in card.labels:
-        mask = labels == spec.number
-        n = int(np.count_nonzero(mask))
-        if n == 0:
-            continue
-        values = intensities[mask].astype(np.float64)
-        idx = np.nonzero(mask)
-        extent = tuple(float((int(i.max()) - int(i.min()) + 1) * s) for i, s in zip(idx, spacing_mm, strict=True))
+    for spec, low, high in zip(wanted, lows, highs, strict=True):
+        n = int(counts[spec.number])
+        mean = sums[spec.number] / n
+        std = float(np.sqrt(max(squares[spec.number] / n - mean * mean, 0.0)))
+        box = boxes[spec.number - 1]
+        extent = tuple(float((b.stop - b.start) * s) for b, s in zip(box, spacing_mm, strict=True))
         out.append(SegmentMeasurement(number=spec.number, name=spec.name, voxel_count=n, volume_ml=n * voxel_ml,
-                                      mean=float(values.mean()), std=float(values.std()), min=float(values.min()),
-                                      max=float(values.max()), extent_mm=extent,       # type: ignore[arg-type]
-                                      unit=card.intensity_unit))
+                                      mean=float(mean), std=std, min=float(low), max=float(high),
+                                      extent_mm=extent, unit=card.intensity_unit))  # type: ignore[arg-type]
     return out
 
 

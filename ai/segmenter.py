@@ -20,6 +20,7 @@ class LabelSpec:
     name: str                    # SEG SegmentLabel
     category: Code               # SegmentedPropertyCategoryCodeSequence
     type: Code                   # SegmentedPropertyTypeCodeSequence
+    modifier: Code | None = None  # SegmentedPropertyTypeModifierCodeSequence, e.g. laterality (SCT Left/Right)
 
     def __post_init__(self) -> None:
         if not 1 <= self.number <= 255:
@@ -37,6 +38,7 @@ class ModelCard:
     labels: tuple[LabelSpec, ...]
     intensity_unit: str = "HU"           # unit of the voxel values the measurements report
     min_slices: int = 3
+    notes: tuple[str, ...] = ()          # what an admin should know (e.g. labels coded in the local scheme)
 
     def __post_init__(self) -> None:
         numbers = [label.number for label in self.labels]
@@ -50,8 +52,9 @@ class ModelCard:
         return {"name": self.name, "version": self.version, "description": self.description,
                 "modalities": list(self.modalities), "min_slices": self.min_slices,
                 "labels": [{"number": lb.number, "name": lb.name, "category": lb.category.meaning,
-                            "type": lb.type.meaning, "type_code": f"{lb.type.scheme_designator}:{lb.type.value}"}
-                           for lb in self.labels]}
+                            "type": lb.type.meaning, "type_code": f"{lb.type.scheme_designator}:{lb.type.value}",
+                            "modifier": lb.modifier.meaning if lb.modifier else None}
+                           for lb in self.labels], "notes": list(self.notes)}
 
 
 class Segmenter(Protocol):

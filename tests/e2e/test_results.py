@@ -14,10 +14,10 @@ from pydicom.dataset import Dataset
 
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.orthanc import OrthancProcess
-from tests.helpers import dciodvfy, wait_until
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import dciodvfy, wait_until
+from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess
 
 FAST_RETRY = "[outbox]\nretry_initial_s = 0.5\nretry_max_s = 1.0\n"
 

@@ -55,14 +55,15 @@ def test_bundle_without_weights_is_unavailable_with_the_reason(models_dir: Path,
         BundleSegmenter(bundle)
 
 
-def test_a_label_without_a_code_says_how_to_give_one(models_dir: Path, tmp_path: Path) -> None:
+def test_a_label_without_a_standard_code_gets_a_local_one_and_a_warning(models_dir: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "odd"
     shutil.copytree(models_dir / "phantom-threshold", bundle)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     meta["network_data_format"]["outputs"]["pred"]["channel_def"]["2"] = "frobnicator"
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelUnavailable, match="no SNOMED CT code for 'frobnicator'"):
-        read_card(bundle)
+    card = read_card(bundle)
+    assert (card.label(2).type.scheme_designator, card.label(2).type.meaning) == ("99SEGNODE", "frobnicator")
+    assert any("'frobnicator' has no standard code" in n for n in card.notes)
 
 
 def test_registry_lists_builtin_and_bundles_and_names_unknown_models(models_dir: Path) -> None:

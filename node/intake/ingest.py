@@ -1,0 +1,96 @@
+"""Loop side of intake: count recorded instances, decide stable studies, route them into jobs, recover."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from node.intake.assembly import StudyAssembler
+from node.intake.records import record_from_file
+from node.intake.spool import Spool
+from node.jobs.records import InstanceRecord, JobEvent, RecordOutcome
+from node.jobs.routing import RouteDecision, Rule, route
+from node.jobs.states import JobState
+from node.jobs.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class Ingest:
+    """Owns the study assembler and the routing task: after each committed instance row (`recorded`, on
+    the loop) it waits for the study's quiet period, then has the store turn the intake into jobs."""
+
+    def __init__(self, store: JobStore, spool: Spool, assembler: StudyAssembler, rules: Sequence[Rule],
+                 model_unavailable: Callable[[str], str | None] = lambda _name: None) -> None:
+        self._store = store
+        self._model_unavailable = model_unavailable      # model name -> why it cannot run (None: it can)
+        self._spool = spool
+        self._assembler = assembler
+        self._rules = tuple(rules)
+        self._wake = asyncio.Event()
+        self.instances_received = 0
+
+    def record(self, rec: InstanceRecord) -> RecordOutcome:
+        """The SCP's recorder, on an association thread: the row commits before the SCP answers Success."""
+        return self._store.record_instance_blocking(rec, then=self.recorded)
+
+    def recorded(self, outcome: RecordOutcome) -> None:
+        """On the loop, after an instance row committed (and the store published its events)."""
+        if not outcome.duplicate:
+            self.instances_received += 1
+        self._assembler.instance_received(outcome.intake_id)
+        self._wake.set()
+
+    async def route_stable(self) -> int:
+        """Route every intake that has been quiet long enough; return how many were routed."""
+        stable = self._assembler.pop_stable()
+        for intake_id in stable:
+            series = await self._store.series_of_intake(intake_id)
+            outcome = route(series, self._rules)
+            events = await self._store.route_intake(intake_id, outcome, series)
+            await self._fail_unavailable(outcome.decisions, events)
+        return len(stable)
+
+    async def _fail_unavailable(self, decisions: Sequence[RouteDecision], events: Sequence[JobEvent]) -> None:
+        """A model found unusable at start fails its jobs now, with the reason, not at job time."""
+        for decision, event in zip(decisions, events, strict=False):
+            reason = self._model_unavailable(decision.model)
+            if reason is not None and event.state == JobState.QUEUED.value:
+                await self._store.advance(event.job_id, JobState.FAILED,
+                                          detail=f"model {decision.model} unavailable: {reason}")
+
+    async def run(self) -> None:
+        """Background task: wake on new instances or the next quiet-period deadline."""
+        while True:
+            deadline = self._assembler.next_deadline()
+            try:
+                if deadline is None:
+                    await self._wake.wait()
+                else:
+                    await asyncio.wait_for(self._wake.wait(), timeout=deadline + 0.01)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.route_stable()
+            except Exception:          # edge of a background task: log it, keep ingesting
+                logger.exception("routing stable studies failed; will retry")
+                await asyncio.sleep(1.0)
+
+    async def recover(self) -> None:
+        """At start-up: drop partial files, record orphaned spool files, resume assembly, requeue jobs."""
+        await asyncio.to_thread(self._spool.sweep_partials)
+        known = await self._store.known_paths()
+        orphans = [p for p in await asyncio.to_thread(lambda: list(self._spool.iter_instances()))
+                   if str(p) not in known]
+        for path in orphans:
+            rec = await asyncio.to_thread(record_from_file, path)
+            if rec is not None:
+                await self._store.record_instance(rec)
+        if orphans:
+            logger.warning("recovery: recorded %d spooled instance(s) that had no store row", len(orphans))
+        for intake_id, _study in await self._store.receiving():
+            self._assembler.instance_received(intake_id)
+        await self._store.requeue_interrupted()
+        self._wake.set()

@@ -1,0 +1,60 @@
+"""The spool: received instances as files, `<study>/<series>/<sop>.dcm`, written durably."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import SpoolFull
+from node.fsutil import free_bytes, is_part_file, make_dirs, write_atomic
+from node.intake.uids import InstanceUIDs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolWrite:
+    path: Path
+    size: int
+    duplicate: bool          # the SOP Instance UID was already in the spool; the first copy is kept
+
+
+class Spool:
+    """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, written atomically
+    and fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
+
+    def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        self._sync = sync
+        make_dirs(root)
+
+    def path_for(self, uids: InstanceUIDs) -> Path:
+        return self.root / uids.study_instance_uid / uids.series_instance_uid / f"{uids.sop_instance_uid}.dcm"
+
+    def write_instance(self, uids: InstanceUIDs, data: bytes | memoryview) -> SpoolWrite:
+        """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors."""
+        target = self.path_for(uids)
+        if target.exists():
+            return SpoolWrite(target, target.stat().st_size, duplicate=True)
+        if free_bytes(self.root) - len(data) < self.min_free_bytes:
+            raise SpoolFull(f"free disk below the floor of {self.min_free_bytes // 2**20} MB")
+        make_dirs(target.parent)
+        write_atomic(target, data, sync=self._sync)
+        return SpoolWrite(target, len(data), duplicate=False)
+
+    def sweep_partials(self) -> int:
+        """Remove temp files a crash left behind; they were never acknowledged."""
+        removed = 0
+        for path in self.root.rglob(".*.part"):
+            if is_part_file(path):
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.warning("spool: removed %d partial file(s) left by an interrupted write", removed)
+        return removed
+
+    def iter_instances(self) -> Iterator[Path]:
+        yield from self.root.glob("*/*/*.dcm")

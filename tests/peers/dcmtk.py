@@ -1,0 +1,28 @@
+"""DCMTK as the sending scanner."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.peers.helpers import peer_env, tool
+
+TS_FLAGS = {"explicit": "-xe", "implicit": "-xi", "deflated": "-xd", "rle": "-xr", "jpeg-ls": "-xt",
+            "jpeg2000": "-xv"}
+
+
+def storescu(port: int, files: Sequence[Path] | Path, *, transfer_syntax: str = "explicit",
+             calling: str = "SCANNER", called: str = "SEGNODE", timeout_s: float = 120,
+             extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    args = [tool("storescu"), "-aet", calling, "-aec", called, TS_FLAGS[transfer_syntax], *extra]
+    if isinstance(files, Path):
+        args += ["+sd", "127.0.0.1", str(port), str(files)]
+    else:
+        args += ["127.0.0.1", str(port), *(str(f) for f in files)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=peer_env())
+
+
+def echoscu(port: int, *, calling: str = "SCANNER", called: str = "SEGNODE") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("echoscu"), "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=30, env=peer_env())

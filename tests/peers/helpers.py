@@ -1,0 +1,73 @@
+"""Helpers shared by the test suites: free ports, deadlines, peers on PATH, dciodvfy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+async def async_wait_until(predicate: Callable[[], Awaitable[T]], timeout_s: float, what: str,
+                           interval_s: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if not found:
+        raise RuntimeError(f"{name} is not installed; run `make test` (it installs the real peers)")
+    return found
+
+
+def peer_env() -> dict[str, str]:
+    """DCMTK and Orthanc honour TCP_NODELAY=1; without it each DIMSE round trip waits ~40 ms."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass(frozen=True)
+class Dciodvfy:
+    iod: str
+    errors: list[str]
+    warnings: list[str]
+
+
+def dciodvfy(path: Path) -> Dciodvfy:
+    proc = subprocess.run([tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.splitlines()
+    return Dciodvfy(iod=lines[0].strip() if lines else "",
+                    errors=[x for x in lines if x.startswith("Error")],
+                    warnings=[x for x in lines if x.startswith("Warning")])
