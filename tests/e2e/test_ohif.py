@@ -70,11 +70,10 @@ class Site:
 
     def open_study(self, study_instance_uid: str) -> Page:
         page = self.browser.new_page(viewport={"width": 1600, "height": 900})
+        # OHIF's first-visit tour may open at any moment and cover the page: skip it whenever it shows
+        page.add_locator_handler(page.get_by_role("button", name="Skip all").first, lambda skip: skip.click())
         page.goto(f"{self.ohif.url}/viewer?StudyInstanceUIDs={study_instance_uid}")
         page.wait_for_selector('[data-cy="study-browser-thumbnail"]', timeout=90_000)
-        skip = page.get_by_role("button", name="Skip all")          # OHIF's first-visit tour
-        if skip.count():
-            skip.first.click()
         page.locator('[data-cy="jobs-btn"]').click()                 # the Segnode tab in the right panel
         page.wait_for_selector(f"{PANEL} section[data-connection=live]", timeout=30_000)
         page.evaluate("window.segnodeTestNoReload = true")           # gone if the page reloads
