@@ -20,7 +20,7 @@ from ai.volume import volume_from_datasets
 from node.dicom_out.ids import ResultIds
 from node.dicom_out.seg import build_segmentation
 from node.dicom_out.sr import build_report
-from node.dicom_out.writer import encode, round_trip
+from node.dicom_out.writer import encode, encode_checked
 from node.synth.phantom import BODY, BONE, LUNGS, make_phantom
 from node.synth.series import phantom_datasets
 from tests.bundle_layouts import BTCV_LABELS, WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
@@ -95,10 +95,11 @@ def test_each_layout_runs_and_gives_a_valid_seg_and_sr(layout: str, layouts: Pat
     sources = [by_uid[u] for u in volume.source_uids]
     ids = ResultIds.for_series("job", 1, sources[0].SeriesInstanceUID, 1)
     seg = build_segmentation(sources, labels, card, ids)
-    sr = build_report(seg, sources, measure(labels, volume.voxels, volume.spacing_mm, card), card, ids, "job", 1)
-    for kind, ds in (("seg", seg), ("sr", sr)):
-        data = encode(ds)
-        round_trip(data, kind)
+    measurements = measure(labels, volume.voxels, volume.spacing_mm, card)
+    sr = build_report(seg, sources, measurements, card, ids, "job", 1)
+    encoded = encode_checked(seg, sr, str(sources[0].SeriesInstanceUID), len(measurements))
+    hd.sr.Comprehensive3DSR.from_dataset(dcmread(BytesIO(encoded[1])))
+    for kind, data in (("seg", encoded[0]), ("sr", encoded[1])):
         path = tmp_path / f"{kind}.dcm"
         path.write_bytes(data)
         assert dciodvfy(path).errors == [], (kind, dciodvfy(path).errors)
