@@ -45,7 +45,11 @@ def check_seg(data: bytes, sop_instance_uid: str, segments: int, source_series_i
     per_frame = ds.PerFrameFunctionalGroupsSequence
     if len(per_frame) != frames:
         raise EncodingCheckFailed(f"{len(per_frame)} per-frame items for {frames} frames")
-    referenced = {int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for item in per_frame}
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    if "SegmentIdentificationSequence" in shared:          # one segment: named once for all frames
+        referenced = {int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)}
+    else:
+        referenced = {int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for item in per_frame}
     if referenced != set(numbers):
         raise EncodingCheckFailed(f"frames reference segments {sorted(referenced - set(numbers))[:5]} that do not "
                                   f"exist or leave {sorted(set(numbers) - referenced)[:5]} without a frame")
