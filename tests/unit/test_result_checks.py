@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ai.ct_basic import CtBasic
 from ai.measure import measure
@@ -60,7 +61,7 @@ def _segment_without_frames(ds: Dataset) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (_drop_last_frame_item, "per-frame items"),
+    (_drop_last_frame_item, "frame segment references"),
     (_segment_without_frames, "without a frame"),
     (lambda ds: setattr(ds, "PixelData", ds.PixelData[:-2]), "pixel data"),
     (lambda ds: setattr(ds.SegmentSequence[0], "SegmentNumber", 7), "segment numbers"),
@@ -73,6 +74,20 @@ def test_a_broken_seg_is_caught(results, change, message: str) -> None:
         check_seg(data, seg.SOPInstanceUID, len(seg.SegmentSequence), series)
     with pytest.raises(EncodingCheckFailed, match="SOP instance"):
         check_seg(encode(seg), "1.2.3.4", len(seg.SegmentSequence), series)
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_other_transfer_syntaxes_are_checked_too(results, syntax: str) -> None:
+    """Implicit VR is read from the bytes with its own tag pattern; deflated bytes by decoding each item."""
+    seg, _sr, series, _ = results
+
+    def recode(ds: Dataset) -> None:
+        ds.file_meta.TransferSyntaxUID = syntax
+
+    check_seg(_reencoded(encode(seg), recode), seg.SOPInstanceUID, len(seg.SegmentSequence), series)
+    broken = _reencoded(encode(seg), lambda ds: (recode(ds), _segment_without_frames(ds)))
+    with pytest.raises(EncodingCheckFailed, match="without a frame"):
+        check_seg(broken, seg.SOPInstanceUID, len(seg.SegmentSequence), series)
 
 
 def _measurements(ds: Dataset) -> Dataset:
