@@ -29,10 +29,10 @@ from ai.volume import volume_from_datasets
 from bench.common import timed, write_result
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.orthanc import OrthancProcess
-from tests.helpers import wait_until
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import wait_until
+from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess
 
 QUIET_S = 1.0
 

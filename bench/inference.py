@@ -27,7 +27,7 @@ from ai.ct_basic import CtBasic
 from ai.device import choose_device
 from ai.volume import volume_from_datasets
 from bench.common import timed, write_result
-from node.inference import read_series
+from node.compute.series import read_series
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets, write_datasets
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_result
 from node.fsutil import write_atomic
 from node.synth.series import write_series
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.orthanc import OrthancProcess
-from tests.helpers import free_port, peer_env, tool, wait_until
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import free_port, peer_env, tool, wait_until
+from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess
 
 
 def sender(port: int, called: str) -> Callable[[Path], None]:

@@ -27,13 +27,13 @@ from ai.measure import measure
 from ai.segmenter import LabelSpec, ModelCard
 from ai.volume import volume_from_datasets
 from bench.common import timed, write_result
-from node.dicom_out.ids import ResultIds
-from node.dicom_out.seg import build_segmentation, present_labels, segment_descriptions
-from node.dicom_out.sr import build_report
-from node.dicom_out.writer import encode, encode_checked
+from node.results.dicom import encode, encode_checked
+from node.results.ids import ResultIds
+from node.results.seg import build_segmentation, present_labels, segment_descriptions
+from node.results.sr import build_report
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets
-from tests.bundle_layouts import WHOLE_BODY_LABELS
+from tests.peers.bundle_layouts import WHOLE_BODY_LABELS
 
 
 def whole_body_card() -> ModelCard:

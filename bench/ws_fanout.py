@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_result
 from node.app import Node
+from node.jobs.records import InstanceRecord
 from node.jobs.states import JobState
-from node.jobs.store import InstanceRecord
 from node.settings import load_settings
 
 IDLE_S = 30.0       # a client that hears nothing for this long stops listening (the run is over or stuck)
@@ -126,9 +126,8 @@ async def node_run(n_clients: int, n_events: int) -> tuple[list[float], int, int
         await ready.wait()
         t0 = time.perf_counter()
         for i in range(n_events):
-            # a real job event: written to the store, then published (the detail carries the send time)
-            event = await store.progress(job_id, i / n_events, repr(time.perf_counter()))
-            node.bus.publish([event])
+            # a real job event: written to the store, which publishes it (the detail carries the send time)
+            await store.progress(job_id, i / n_events, repr(time.perf_counter()))
         latencies, lost, closed = await receiving
         total = time.perf_counter() - t0
         await node.stop()

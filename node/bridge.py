@@ -1,4 +1,4 @@
-"""The one hand-off from pynetdicom's association threads to the event loop."""
+"""The one door from other threads (pynetdicom associations, inference executors) into the event loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ T = TypeVar("T")
 
 
 class LoopBridge:
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+    """Owns every thread-to-loop crossing: `notify` (fire and forget), `submit` (start a coroutine and
+    return) and `call` (run a coroutine and wait for its result, up to `timeout_s`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float = 30.0) -> None:
         self._loop = loop
         self._timeout_s = timeout_s
 
@@ -22,6 +25,10 @@ class LoopBridge:
         except TimeoutError:
             future.cancel()
             raise
+
+    def submit(self, fn: Callable[..., Coroutine[Any, Any, object]], *args: Any) -> None:
+        """Start `fn(*args)` on the loop and return at once; `fn` handles its own errors."""
+        asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
 
     def notify(self, fn: Callable[..., Any], *args: Any) -> None:
         """Schedule `fn(*args)` on the loop and return at once (from any thread)."""

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from node.config_keys import check_keys
-from node.destinations import Destination
+from node.delivery.destinations import Destination
 from node.errors import ConfigError
-from node.routing import Rule
+from node.jobs.routing import Rule
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "segnode.toml"
 ENV_PREFIX = "SEGNODE_"

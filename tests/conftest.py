@@ -7,10 +7,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.app import Node
-from node.settings import Settings, load_settings
 from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.bundle_factory import build_bundle, build_threshold_bundle
+from tests.peers.bundles import build_bundle, build_threshold_bundle
+from tests.peers.settings import node_settings
 
 
 @pytest.fixture(scope="session")
@@ -27,18 +27,6 @@ def ct_series(small_phantom: Phantom) -> list[Dataset]:
 @pytest.fixture
 def ct_files(tmp_path: Path, ct_series: list[Dataset]) -> list[Path]:
     return write_datasets(tmp_path / "ct", ct_series)
-
-
-def node_settings(tmp_path: Path, config: str | None = None, **env: str) -> Settings:
-    base = {"SEGNODE_NODE__DATA_DIR": str(tmp_path / "data"), "SEGNODE_DICOM__PORT": "0",
-            "SEGNODE_HTTP__PORT": "0", "SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "0.5",
-            "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1", "SEGNODE_DICOM__BIND_ADDRESS": "127.0.0.1"}
-    base.update({f"SEGNODE_{k.upper()}": v for k, v in env.items()})
-    config_file = None
-    if config is not None:
-        config_file = tmp_path / "segnode-test.toml"
-        config_file.write_text(config)
-    return load_settings(config_file, env=base)
 
 
 @pytest.fixture

@@ -8,32 +8,29 @@ from aiohttp import web
 
 from viewer_api import views, ws
 from viewer_api.auth import TokenAuth, auth_middleware
-from viewer_api.keys import AUTH, JOBS, NODE, WEBSOCKETS, WS_SETTINGS
+from viewer_api.keys import JOBS, NODE, WEBSOCKETS, WS_SETTINGS
 from viewer_api.ports import JobQueries, NodeOps
 
 
 def init_app(jobs: JobQueries, node: NodeOps, auth: TokenAuth | None = None, *, ws_queue_size: int = 1000,
-             ws_heartbeat_s: float = 20.0) -> web.Application:
+             ws_heartbeat_s: float = 20.0,
+             websockets: weakref.WeakSet[web.WebSocketResponse] | None = None) -> web.Application:
+    """The web side of a node: `jobs` answers queries, `node` commands; `websockets` (the open sockets,
+    closed at shutdown) may be passed in so the node can count them."""
     auth = auth or TokenAuth()
     app = web.Application(middlewares=[auth_middleware(auth)])
     app[JOBS] = jobs
     app[NODE] = node
-    app[AUTH] = auth
-    app[WEBSOCKETS] = weakref.WeakSet()
+    app[WEBSOCKETS] = weakref.WeakSet() if websockets is None else websockets
     app[WS_SETTINGS] = (ws_queue_size, ws_heartbeat_s)
-    r = app.router
-    r.add_get("/", views.index)
-    r.add_static("/static/", views.STATIC)
-    r.add_get("/api/health", views.health)
-    r.add_get("/api/openapi.json", views.openapi)
-    r.add_get("/api/jobs", views.list_jobs)
-    r.add_get("/api/jobs/{job_id}", views.get_job)
-    r.add_post("/api/jobs/{job_id}/retry", views.retry_job)
-    r.add_post("/api/jobs/{job_id}/cancel", views.cancel_job)
-    r.add_get("/api/jobs/{job_id}/results/{kind}", views.download)
-    r.add_get("/api/models", views.list_models)
-    r.add_get("/api/audit", views.audit_log)
-    r.add_get("/metrics", views.metrics)
-    r.add_get("/ws/jobs", ws.jobs_socket)
+    app.add_routes([
+        web.get("/", views.index), web.static("/static/", views.STATIC),
+        web.get("/api/health", views.health), web.get("/api/openapi.json", views.openapi),
+        web.get("/api/jobs", views.list_jobs), web.get("/api/jobs/{job_id}", views.get_job),
+        web.post("/api/jobs/{job_id}/retry", views.retry_job), web.post("/api/jobs/{job_id}/cancel", views.cancel_job),
+        web.get("/api/jobs/{job_id}/results/{kind}", views.download), web.get("/api/models", views.list_models),
+        web.get("/api/audit", views.audit_log), web.get("/metrics", views.metrics),
+        web.get("/ws/jobs", ws.jobs_socket),
+    ])
     app.on_shutdown.append(ws.close_websockets)
     return app

@@ -6,11 +6,9 @@ import weakref
 
 from aiohttp import web
 
-from viewer_api.auth import TokenAuth
 from viewer_api.ports import JobQueries, NodeOps
 
 JOBS = web.AppKey("jobs", JobQueries)
 NODE = web.AppKey("node", NodeOps)
-AUTH = web.AppKey("auth", TokenAuth)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
 WS_SETTINGS = web.AppKey("ws_settings", tuple)          # (queue size, heartbeat seconds)

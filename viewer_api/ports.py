@@ -7,22 +7,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-class JobLike(Protocol):
-    id: str
-    state: str
-    study_instance_uid: str
-
-    def as_dict(self, *, phi: bool = False) -> dict[str, Any]: ...
-
-
-class EventLike(Protocol):
-    seq: int
-    job_id: str
-    study_instance_uid: str
-
-    def as_message(self) -> dict[str, Any]: ...
-
-
 class Subscription(Protocol):
     queue: asyncio.Queue[Any]
     overflowed: bool

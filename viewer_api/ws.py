@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from viewer_api.keys import JOBS, NODE, WEBSOCKETS, WS_SETTINGS
+from viewer_api.ports import JobQueries, Subscription
 from viewer_api.views import audit, json_error, who
 
 
@@ -37,56 +38,61 @@ async def jobs_socket(request: web.Request) -> web.WebSocketResponse:
     except ValueError:
         raise json_error(web.HTTPBadRequest, "since must be an integer event seq") from None
     queue_size, heartbeat_s = request.app[WS_SETTINGS]
-    jobs, node = request.app[JOBS], request.app[NODE]
+    jobs = request.app[JOBS]
     ws = web.WebSocketResponse(heartbeat=heartbeat_s)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
-    sub = node.subscribe(queue_size)              # before the snapshot, so nothing falls between the two
+    sub = request.app[NODE].subscribe(queue_size)     # before the snapshot, so nothing falls between the two
     try:
         head = await jobs.max_seq()
         listed = await jobs.list_jobs(study_instance_uid=study, limit=500)
         snapshot = [j.as_dict(phi=who(request).is_admin) for j in listed if job_id is None or j.id == job_id]
         await audit(request, "watch jobs", study=study or "")
         await ws.send_json({"type": "snapshot", "seq": head, "jobs": snapshot})
-        last = head
         if since is not None and since < head:
             for e in await jobs.events(since=since, limit=1_000_000):
                 if e.seq > head:
                     break
                 if _matches(e, study, job_id):
                     await ws.send_str(event_text(e))
-        reader = asyncio.ensure_future(ws.receive())   # notices the client closing
-        while not ws.closed and not reader.done():
-            pending: list[Any] = []
-            if sub.queue.empty():
-                getter = asyncio.ensure_future(sub.queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if reader in done:
-                    getter.cancel()
-                    break
-                pending.append(getter.result())
-            while not sub.queue.empty():              # a burst goes out without a wait per event
-                pending.append(sub.queue.get_nowait())
-            if sub.overflowed:        # it fell behind: the store has everything; the client resumes from `last`
-                await ws.send_json({"type": "resync", "seq": last})
-                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect with since")
-                break
-            for event in pending:
-                if event.seq <= last:
-                    continue
-                batch = [event] if event.seq == last + 1 else \
-                    [e for e in await jobs.events(since=last, limit=1_000_000) if e.seq <= event.seq]
-                for e in batch:
-                    last = e.seq
-                    if _matches(e, study, job_id):
-                        await ws.send_str(event_text(e))
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await _stream(ws, sub, jobs, head, study, job_id)
     finally:
         sub.close()
         request.app[WEBSOCKETS].discard(ws)
     return ws
+
+
+async def _stream(ws: web.WebSocketResponse, sub: Subscription, jobs: JobQueries, last: int, study: str | None,
+                  job_id: str | None) -> None:
+    """Send every event after `last` in seq order (gaps filled from the store) until either side closes."""
+    reader = asyncio.ensure_future(ws.receive())   # notices the client closing
+    while not ws.closed and not reader.done():
+        pending: list[Any] = []
+        if sub.queue.empty():
+            getter = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                getter.cancel()
+                break
+            pending.append(getter.result())
+        while not sub.queue.empty():              # a burst goes out without a wait per event
+            pending.append(sub.queue.get_nowait())
+        if sub.overflowed:        # it fell behind: the store has everything; the client resumes from `last`
+            await ws.send_json({"type": "resync", "seq": last})
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect with since")
+            break
+        for event in pending:
+            if event.seq <= last:
+                continue
+            batch = [event] if event.seq == last + 1 else \
+                [e for e in await jobs.events(since=last, limit=1_000_000) if e.seq <= event.seq]
+            for e in batch:
+                last = e.seq
+                if _matches(e, study, job_id):
+                    await ws.send_str(event_text(e))
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
 
 
 async def close_websockets(app: web.Application) -> None:

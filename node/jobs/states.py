@@ -29,8 +29,8 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.IGNORED: frozenset(),
 }
 
-TERMINAL = frozenset(s for s, nxt in ALLOWED.items() if not nxt) | {JobState.FAILED}
-
 
 def can_move(src: JobState | str, dst: JobState | str) -> bool:
     return JobState(dst) in ALLOWED[JobState(src)]
+
+NO_DESTINATION = "no destination configured: results kept in the outbox"    # the detail of such a job's `done`

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.orthanc import OrthancProcess
+from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess
 
 pytestmark = pytest.mark.e2e
 

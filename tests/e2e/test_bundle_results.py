@@ -11,12 +11,11 @@ from pydicom import dcmread
 
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.bundle_layouts import WHOLE_BODY_LABELS, build_layout_bundle
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.orthanc import OrthancProcess
-from tests.e2e.test_results import FAST_RETRY, dicom_dest, results_in
-from tests.helpers import dciodvfy
+from tests.peers.bundle_layouts import WHOLE_BODY_LABELS, build_layout_bundle
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import dciodvfy
+from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import FAST_RETRY, OrthancProcess, dicom_dest, results_in
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

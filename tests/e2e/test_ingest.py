@@ -14,11 +14,11 @@ from pydicom.uid import JPEGLSLossless, RLELossless
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from node.scp import on_conn_open
 from node.synth.series import TRANSFER_SYNTAXES, SeriesIds, write_series
-from tests.e2e.dcmtk import echoscu, storescu
-from tests.e2e.node_process import NodeProcess
-from tests.helpers import wait_until
+from node.tcp import on_conn_open
+from tests.peers.dcmtk import echoscu, storescu
+from tests.peers.helpers import wait_until
+from tests.peers.node_process import NodeProcess
 
 PHI_NAME, PHI_ID = "Xyzzy^Plugh", "PHI-MARKER-4711"
 

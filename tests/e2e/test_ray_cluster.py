@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from node.synth.series import write_series
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.e2e.ray_cluster import RayHead
-from tests.helpers import REPO, free_port
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import REPO, free_port
+from tests.peers.node_process import NodeProcess
+from tests.peers.ray_cluster import RayHead
 
 RULE = '[[rules]]\nname = "ct"\nmodel = "ct-basic"\ndestinations = []\n'
 

@@ -10,10 +10,10 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from node.synth.series import SeriesIds, write_series
-from tests.bundle_layouts import build_btcv_on_old_monai, build_layout_bundle
-from tests.e2e.dcmtk import storescu
-from tests.e2e.node_process import NodeProcess
-from tests.helpers import REPO
+from tests.peers.bundle_layouts import build_btcv_on_old_monai, build_layout_bundle
+from tests.peers.dcmtk import storescu
+from tests.peers.helpers import REPO
+from tests.peers.node_process import NodeProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root, offline: no sandbox, no GPU, none of Chromium's calls home.
@@ -37,7 +37,8 @@ def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable
         assert "Page test" in row.inner_text() and "CT" in row.inner_text()
         health = page.locator("#health").inner_text()
         assert health.startswith("healthy")
-        assert "inference in this process on cpu" in health
+        placement = node.get("/api/health")["compute"]["placement"]        # e.g. "in this process on cpu"
+        assert placement.startswith("in this process on ") and f"inference {placement}" in health
         row.click()
         page.wait_for_selector("#detail-events li")
         assert "receiving" in page.locator("#detail-events").inner_text()

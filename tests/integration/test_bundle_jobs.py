@@ -12,11 +12,10 @@ from pydicom import dcmread
 from node.app import Node
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.bundle_layouts import WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
-from tests.conftest import node_settings
-from tests.helpers import dciodvfy
-from tests.integration.test_scp import send
-from tests.integration.test_worker import final_job
+from tests.peers.bundle_layouts import WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
+from tests.peers.helpers import dciodvfy
+from tests.peers.scu import final_job, send
+from tests.peers.settings import node_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 PEDIATRIC = ["background", "liver", "spleen", "pancreas"]
@@ -66,7 +65,7 @@ async def test_a_bundle_job_ends_done_with_a_clean_seg_and_sr(znode: Node, descr
     job = await final_job(znode, ds[0].StudyInstanceUID, timeout_s=90)
     assert job.state == "done", job.detail
     folder = znode.settings.node.data_path / "results" / job.id
-    files = {f["kind"]: folder / f["file"] for f in job.results["files"]}
+    files = {f.kind: folder / f.file for f in job.results.files}
     for path in files.values():
         errors = dciodvfy(path).errors
         assert errors == [], (path.name, errors[:5])

@@ -7,8 +7,8 @@ from pathlib import Path
 import aiohttp
 
 from node.app import Node
-from tests.conftest import node_settings
-from tests.ct_liver_factory import fake_liver_folder
+from tests.peers.ct_liver_factory import fake_liver_folder
+from tests.peers.settings import node_settings
 
 
 async def models_of(tmp_path: Path) -> list[dict]:

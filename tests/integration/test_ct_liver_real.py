@@ -20,13 +20,14 @@ from ai.ct_liver.model import CtLiver
 from ai.errors import UnsuitableSeries
 from ai.measure import dice
 from ai.registry import ModelRegistry
-from node.compute import JobPipeline
-from node.dicom_out.writer import write_dicom_results
+from node.compute.pipeline import JobPipeline
+from node.jobs.records import JobResults
 from node.jobs.store import JobView
 from node.models_install import install_ct_liver
+from node.results.dicom import write_dicom_results
 from node.synth.series import write_datasets
-from tests.helpers import dciodvfy
 from tests.peers import totalseg
+from tests.peers.helpers import dciodvfy
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def job_view(series_uid: str, study_uid: str) -> JobView:
     return JobView(id="job-liver", study_instance_uid=study_uid, intake_id="i", state="running", detail="",
                    progress=None, rule="liver", model="ct-liver", destinations=(), series_instance_uids=(series_uid,),
                    calling_ae="SCANNER", modality="CT", series_description="", instance_count=0, attempts=1,
-                   results={}, created_at=now, updated_at=now)
+                   results=JobResults(), created_at=now, updated_at=now)
 
 
 def sr_liver_ml(sr: Dataset) -> float:
@@ -73,7 +74,7 @@ def test_ct_liver_job_on_real_ct_matches_totalsegmentator(models_dir: Path, tmp_
     pipeline = JobPipeline(ModelRegistry(models_dir, torch.device("cpu")), [write_dicom_results])
     outcome = pipeline.run(job_view(series_uid, study_uid), {series_uid: [str(p) for p in paths]},
                            tmp_path / "out", lambda _f, _s: None)
-    files = {f["kind"]: tmp_path / "out" / f["file"] for f in outcome.summary["files"]}
+    files = {f.kind: tmp_path / "out" / f.file for f in outcome.results.files}
     assert dciodvfy(files["seg"]).errors == []
     seg = dcmread(files["seg"])
     assert seg.SegmentSequence[0].SegmentLabel == "Liver"

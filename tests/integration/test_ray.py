@@ -9,12 +9,12 @@ import pytest
 import ray
 
 from node.app import Node
-from node.compute import RayBackend
+from node.compute.ray_backend import RayBackend
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.conftest import node_settings
-from tests.helpers import async_wait_until
-from tests.integration.test_scp import send
+from tests.peers.helpers import async_wait_until
+from tests.peers.scu import send
+from tests.peers.settings import node_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::UserWarning")
@@ -34,10 +34,10 @@ async def test_a_job_runs_to_done_on_a_ray_actor(ray_node: Node) -> None:
     ds = phantom_datasets(make_phantom(slices=16, rows=64, seed=1), SeriesIds())
     await send(ray_node, ds)
     job = (await async_wait_until(lambda: ray_node.store.list_jobs(state="done"), 90, "a done job"))[0]
-    kinds = sorted(f["kind"] for f in job.results["files"])
+    kinds = sorted(f.kind for f in job.results.files)
     assert kinds == ["seg", "sr"]
     folder = ray_node.settings.node.data_path / "results" / job.id
-    assert all((folder / f["file"]).exists() for f in job.results["files"])
+    assert all((folder / f.file).exists() for f in job.results.files)
     actor_pid = await ray_node.backend.actors[0].pid.remote()
     import os
     assert actor_pid != os.getpid()                      # it really ran in another process
@@ -51,10 +51,16 @@ async def test_a_dead_actor_puts_its_job_back_in_the_queue(ray_node: Node) -> No
     assert isinstance(backend, RayBackend)
     await backend.actors[0].pid.remote()                # the actor is up (and its model not yet loaded)
     ds = phantom_datasets(make_phantom(slices=80, rows=256, seed=2), SeriesIds())
-    await send(ray_node, ds)
-    job = (await async_wait_until(lambda: ray_node.store.list_jobs(state="running"), 60, "a running job"))[0]
-    await asyncio.sleep(0.5)
+    sub = ray_node.bus.subscribe()
+    try:
+        await send(ray_node, ds)
+        async with asyncio.timeout(60):                  # the actor has the job: kill it mid-inference
+            while (event := await sub.queue.get()).detail != "sent to a Ray actor":
+                pass
+    finally:
+        sub.close()
     ray.kill(backend.actors[0])
+    job = await ray_node.store.get(event.job_id)
     await async_wait_until(lambda: ray_node.store.list_jobs(state="done"), 120, "the job to finish on a new actor")
     states = [(e.state, e.detail) for e in await ray_node.store.events(job.id)]
     assert any(s == "queued" and "Ray actor running it died" in d for s, d in states), states

@@ -10,36 +10,14 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
 
 from node.app import Node
-from node.dimse import StoreStatus
-from node.scp import on_conn_open
-from tests.conftest import node_settings
-from tests.helpers import async_wait_until
-
-NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
-
-
-def scu(calling: str = "SCANNER") -> AE:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    for sop in (CTImageStorage, MRImageStorage, RTPlanStorage):
-        ae.add_requested_context(sop, ExplicitVRLittleEndian)
-    ae.add_requested_context(Verification)
-    return ae
-
-
-async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", called: str = "SEGNODE") -> list[Dataset]:
-    def run() -> list[Dataset]:
-        assoc = scu(calling).associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title=called)
-        assert assoc.is_established, "association was not accepted"
-        try:
-            return [assoc.send_c_store(ds) for ds in datasets]
-        finally:
-            assoc.release()
-    return await asyncio.to_thread(run)
+from node.intake.dimse import StoreStatus
+from tests.peers.helpers import async_wait_until
+from tests.peers.scu import NODELAY, scu, send
+from tests.peers.settings import node_settings
 
 
 async def test_a_series_is_stored_recorded_queued_and_segmented(node: Node, ct_series: list[Dataset]) -> None:
@@ -219,7 +197,7 @@ async def test_a_busy_job_store_answers_out_of_resources_and_the_resend_is_kept(
     node = Node(node_settings(tmp_path, dicom__record_timeout_s="0.5"))
     await node.start()
     try:
-        async with node.store._write_guard():             # another writer holds the store past the timeout
+        async with node.store.writer_lock.hold():             # another writer holds the store past the timeout
             busy = (await send(node, ct_series[:1]))[0]
         again = (await send(node, ct_series[:1]))[0]
         jobs = await node.store.list_jobs()

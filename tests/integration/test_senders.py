@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from node.destinations import Destination
+from node.delivery.destinations import Destination
+from node.delivery.senders import make_sender
 from node.errors import SendError
-from node.senders import make_sender
 
 
 @pytest.fixture

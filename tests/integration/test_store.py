@@ -1,11 +1,14 @@
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
 from node.errors import InvalidTransition, JobNotFound
+from node.jobs.records import InstanceRecord, RecordOutcome
+from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
-from node.jobs.store import InstanceRecord, JobStore
-from node.routing import Rule, route
+from node.jobs.store import JobStore
 
 
 def rec(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", modality: str = "CT") -> InstanceRecord:
@@ -93,35 +96,55 @@ async def test_event_seq_is_strictly_increasing_for_replay(store: JobStore) -> N
 
 
 async def test_a_writer_cancelled_while_waiting_for_the_lock_does_not_keep_it(store: JobStore) -> None:
-    import asyncio
-    import threading
     held, release = threading.Event(), threading.Event()
 
     def other_writer() -> None:                 # e.g. an association thread committing a row
-        with store._write_lock:
+        with store.writer_lock.hold_blocking(timeout_s=5):
             held.set()
             release.wait(5)
     t = threading.Thread(target=other_writer)
     t.start()
-    held.wait(5)
+    assert await asyncio.to_thread(held.wait, 5)
+
     async def write() -> None:
-        async with store._write_guard():
+        async with store.writer_lock.hold():
             raise AssertionError("the cancelled writer must never get to write")
     waiting = asyncio.create_task(write())
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0)                      # the writer starts and waits for the lock
     waiting.cancel()
     release.set()
-    t.join(5)
+    await asyncio.to_thread(t.join, 5)
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    for _ in range(100):                          # the waiting thread takes the lock, then hands it back
-        await asyncio.sleep(0.02)
-        if not store._write_lock.locked():
-            break
-    assert not store._write_lock.locked(), "a cancelled writer kept the store's writer lock"
-    outcome = await asyncio.wait_for(store.record_instance(rec("1.2")), 5)   # the lock came back
+    outcome = await asyncio.wait_for(store.record_instance(rec("1.2")), 5)   # only possible if the lock came back
     assert not outcome.duplicate
-    assert store.record_instance_blocking(rec("1.3"), timeout_s=1).intake_id == outcome.intake_id
+    assert (await asyncio.to_thread(store.record_instance_blocking, rec("1.3"))).intake_id == outcome.intake_id
+
+
+@pytest.mark.parametrize("in_thread_writes", [True, False], ids=["sqlite-in-thread", "through-the-loop"])
+async def test_an_association_thread_records_and_the_loop_hears_of_it(tmp_path: Path, in_thread_writes: bool) -> None:
+    """Both ways an association thread records an instance (the second is PostgreSQL's) commit the row,
+    publish its events and then run the caller's callback on the loop."""
+    store = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}", in_thread_writes=in_thread_writes)
+    loop = asyncio.get_running_loop()
+    heard: asyncio.Queue[RecordOutcome] = asyncio.Queue()
+    sub = store.bus.subscribe()
+
+    def then(outcome: RecordOutcome) -> None:
+        assert asyncio.get_running_loop() is loop
+        heard.put_nowait(outcome)
+    try:
+        first = await asyncio.to_thread(store.record_instance_blocking, rec("1.1"), then)
+        again = await asyncio.to_thread(store.record_instance_blocking, rec("1.1"), then)
+        assert await asyncio.wait_for(heard.get(), 5) == first
+        assert await asyncio.wait_for(heard.get(), 5) == again
+        assert again.duplicate and again.intake_id == first.intake_id
+        event = await asyncio.wait_for(sub.queue.get(), 5)
+        assert (event.job_id, event.state) == (first.intake_id, "receiving")
+        assert (await store.get(first.intake_id)).instance_count == 1
+    finally:
+        sub.close()
+        await store.close()
 
 
 async def test_a_store_made_by_an_older_segnode_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:

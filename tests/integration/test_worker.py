@@ -13,15 +13,17 @@ from pydicom.uid import generate_uid
 from ai.segmenter import ModelCard
 from ai.volume import Volume
 from node.app import Node
-from node.compute import JobPipeline, LocalBackend
-from node.events import EventBus
-from node.jobs.store import InstanceRecord, JobStore
+from node.compute.local import LocalBackend
+from node.compute.pipeline import JobPipeline
+from node.compute.worker import Worker
+from node.jobs.records import InstanceRecord
+from node.jobs.routing import Rule, route
+from node.jobs.store import JobStore
+from node.results.basic import write_basic_results
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from node.worker import Worker, write_basic_results
-from tests.conftest import node_settings
-from tests.helpers import async_wait_until
-from tests.integration.test_scp import send
+from tests.peers.scu import final_job, send
+from tests.peers.settings import node_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -46,13 +48,6 @@ async def wnode(tmp_path: Path, models_dir: Path):
     await n.start()
     yield n
     await n.stop()
-
-
-async def final_job(node: Node, study_instance_uid: str, timeout_s: float = 30):
-    async def ended():
-        jobs = await node.store.list_jobs(study_instance_uid=study_instance_uid)
-        return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
-    return await async_wait_until(ended, timeout_s, f"study {study_instance_uid[-8:]} to finish")
 
 
 async def test_a_ct_study_becomes_a_label_map_with_measurements(wnode: Node) -> None:
@@ -80,7 +75,7 @@ async def test_a_bundle_picked_by_a_rule_runs(wnode: Node) -> None:
     await send(wnode, ds)
     job = await final_job(wnode, ds[0].StudyInstanceUID)
     assert (job.state, job.model) == ("done", "phantom-threshold"), job.detail
-    names = [m["name"] for m in job.results["series"][0]["measurements"]]
+    names = [m["name"] for m in job.results.series[0]["measurements"]]
     assert names == ["Soft tissue", "Lung", "Bone"]
 
 
@@ -142,15 +137,13 @@ async def test_cuda_out_of_memory_fails_the_job_with_advice(tmp_path: Path, ct_f
                 sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
                 path=str(f), size=1, calling_ae="X", modality="CT"))
         intake = (await store.list_jobs())[0].id
-        await store.transition(intake, "queued")
-        from node.jobs.models import Job
-        async with store._write() as s:                      # give the intake its series, as routing would
-            (await s.get(Job, intake)).series_instance_uids = ["1.3"]
+        series = await store.series_of_intake(intake)
+        await store.route_intake(intake, route(series, [Rule(name="any", model="oom")]), series)
         job, _ = await store.claim_next()
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(1) as ex:
             backend = LocalBackend(JobPipeline(FakeRegistry(), [write_basic_results]), ex)  # type: ignore[arg-type]
-            await Worker(store, backend, EventBus(), tmp_path / "results").process(job)
+            await Worker(store, backend, tmp_path / "results").process(job)
         done = await store.get(intake)
         assert done.state == "failed" and "GPU ran out of memory" in done.detail
     finally:

@@ -1,6 +1,6 @@
 import pytest
 
-from node.assembly import StudyAssembler
+from node.intake.assembly import StudyAssembler
 
 
 class FakeClock:

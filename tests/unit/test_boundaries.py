@@ -1,33 +1,113 @@
-"""DESIGN.md section 2: ai/ and viewer_api/ never import node/; only node/app.py wires viewer_api in."""
+"""DESIGN.md section 2, every arrow: which part of the code may import which.
+
+The node's parts follow the data flow: intake -> jobs <- compute <- results, delivery -> jobs. `jobs` is
+the hub the others write through and imports none of them; the common modules (errors, settings,
+fsutil, bridge, tcp) import no part, except that settings reads the rule and destination types it
+validates. ai/ and viewer_api/ import nothing of node/; only node/app.py (the composition root) wires
+viewer_api in. bench/ and tests/ share helpers only through tests/peers/.
+"""
+
+from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.peers.helpers import REPO
+
+COMMON = {"node.errors", "node.fsutil", "node.config_keys", "node.bridge", "node.tcp", "node.settings"}
+PARTS = {"node.intake", "node.jobs", "node.compute", "node.results", "node.delivery"}
+
+ALLOWED: dict[str, set[str]] = {
+    "ai": set(),
+    "viewer_api": set(),
+    "node.errors": set(),
+    "node.fsutil": set(),
+    "node.bridge": set(),
+    "node.tcp": set(),
+    "node.config_keys": {"node.errors"},
+    "node.settings": {"node.errors", "node.config_keys", "node.jobs.routing", "node.delivery.destinations"},
+    "node.synth": {"node.fsutil"},
+    "node.jobs": COMMON,
+    "node.intake": COMMON | {"node.jobs"},
+    "node.compute": COMMON | {"node.jobs", "ai"},
+    "node.results": COMMON | {"node.jobs", "node.compute", "ai"},
+    "node.delivery": COMMON | {"node.jobs"},
+    "node.service": COMMON | PARTS | {"ai"},
+    "node.models_install": COMMON | {"ai"},
+    "node.cli": COMMON | {"node.app", "node.synth", "node.models_install", "ai"},
+    "node.app": COMMON | PARTS | {"node.service", "ai", "viewer_api"},
+}
+OURS = ("node", "ai", "viewer_api", "tests", "bench")
 
 
-def imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for n in ast.walk(tree):
+def unit_of(module: str) -> str:
+    """The unit a dotted module name belongs to: `node.jobs.store` -> node.jobs, `ai.volume` -> ai."""
+    parts = module.split(".")
+    if parts[0] != "node":
+        return parts[0]
+    return ".".join(parts[:2])
+
+
+def module_of(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def imports(path: Path) -> Iterator[str]:
+    """Every absolute module this file imports, at the top or inside a function."""
+    for n in ast.walk(ast.parse(path.read_text())):
         if isinstance(n, ast.Import):
-            names |= {a.name.split(".")[0] for a in n.names}
+            yield from (a.name for a in n.names)
         elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
-            names.add(n.module.split(".")[0])
-    return names
+            yield n.module
+            yield from (f"{n.module}.{a.name}" for a in n.names)    # `from node.jobs import store`
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [("ai", {"node", "viewer_api"}), ("viewer_api", {"node", "ai"})])
-def test_leaf_packages_do_not_import_the_node(package: str, forbidden: set[str]) -> None:
-    files = list((REPO / package).rglob("*.py"))
-    assert files
-    for path in files:
-        assert not imported_packages(path) & forbidden, f"{path.relative_to(REPO)} imports {forbidden}"
+def allowed(source: str, target: str) -> bool:
+    if unit_of(target) == unit_of(source):
+        return True
+    rules = ALLOWED[unit_of(source)]
+    return any(target == r or target.startswith(r + ".") for r in rules)
 
 
-def test_only_the_composition_root_imports_viewer_api() -> None:
-    offenders = [p.relative_to(REPO) for p in (REPO / "node").rglob("*.py")
-                 if p.name != "app.py" and "viewer_api" in imported_packages(p)]
+def violations(package: str) -> list[str]:
+    out = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        source = module_of(path)
+        for target in imports(path):
+            if target.split(".")[0] in OURS[:3] and _is_module(target) and not allowed(source, target):
+                out.append(f"{path.relative_to(REPO)} imports {target}")
+    return out
+
+
+def _is_module(name: str) -> bool:
+    """`from node.jobs.store import JobStore` yields node.jobs.store.JobStore too; keep only real modules."""
+    path = REPO.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+@pytest.mark.parametrize("package", ["node", "ai", "viewer_api"])
+def test_every_import_follows_an_arrow_of_the_design(package: str) -> None:
+    assert violations(package) == []
+
+
+def test_every_module_of_the_node_belongs_to_a_known_part() -> None:
+    units = {unit_of(module_of(p)) for p in (REPO / "node").rglob("*.py")} - {"node"}
+    assert units <= set(ALLOWED), f"new part(s) {units - set(ALLOWED)}: add them to ALLOWED with their arrows"
+
+
+@pytest.mark.parametrize("package", ["tests", "bench"])
+def test_tests_and_benchmarks_share_code_only_through_tests_peers(package: str) -> None:
+    offenders = [f"{p.relative_to(REPO)} imports {t}" for p in (REPO / package).rglob("*.py")
+                 for t in imports(p) if t.startswith("tests.") and not t.startswith("tests.peers")]
     assert offenders == []
+
+
+def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
+    """The check itself: an arrow against the flow (jobs -> intake) is reported."""
+    assert not allowed("node.jobs.store", "node.intake.spool")
+    assert not allowed("viewer_api.views", "node.jobs.store")
+    assert allowed("node.intake.scp", "node.jobs.store")

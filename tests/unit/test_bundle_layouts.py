@@ -17,14 +17,14 @@ from ai.bundle import BundleSegmenter
 from ai.measure import dice, measure
 from ai.registry import ModelRegistry
 from ai.volume import volume_from_datasets
-from node.dicom_out.ids import ResultIds
-from node.dicom_out.seg import build_segmentation
-from node.dicom_out.sr import build_report
-from node.dicom_out.writer import encode, encode_checked
+from node.results.dicom import encode, encode_checked
+from node.results.ids import ResultIds
+from node.results.seg import build_segmentation
+from node.results.sr import build_report
 from node.synth.phantom import BODY, BONE, LUNGS, make_phantom
 from node.synth.series import phantom_datasets
-from tests.bundle_layouts import BTCV_LABELS, WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
-from tests.helpers import dciodvfy
+from tests.peers.bundle_layouts import BTCV_LABELS, WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
+from tests.peers.helpers import dciodvfy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
                                         "ignore::DeprecationWarning")

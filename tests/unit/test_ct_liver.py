@@ -18,7 +18,7 @@ from ai.ct_liver.preprocess import RasPlan, extract, largest_component, network_
 from ai.errors import ModelUnavailable
 from ai.registry import ModelRegistry
 from ai.volume import Volume
-from tests.ct_liver_factory import fake_hdf5, fake_liver_folder
+from tests.peers.ct_liver_factory import fake_hdf5, fake_liver_folder
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import tomllib
 import yaml
 
 from node.settings import load_settings
-from tests.helpers import REPO
+from tests.peers.helpers import REPO
 
 DOCKER = REPO / "docker"
 

@@ -3,7 +3,7 @@ from pydicom import dcmread
 
 from node.synth.phantom import BODY, BONE, LUNGS, make_phantom
 from node.synth.series import write_series
-from tests.helpers import dciodvfy
+from tests.peers.helpers import dciodvfy
 
 
 def test_phantom_has_body_lungs_and_bone_at_plausible_hounsfield_units() -> None:

@@ -13,11 +13,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from ai.ct_basic import CtBasic
 from ai.measure import measure
 from ai.volume import volume_from_datasets
-from node.dicom_out.checks import EncodingCheckFailed, check_seg, check_sr
-from node.dicom_out.ids import ResultIds
-from node.dicom_out.seg import build_segmentation
-from node.dicom_out.sr import build_report
-from node.dicom_out.writer import encode, encode_checked
+from node.results.checks import EncodingCheckFailed, check_seg, check_sr
+from node.results.dicom import encode, encode_checked
+from node.results.ids import ResultIds
+from node.results.seg import build_segmentation
+from node.results.sr import build_report
 from node.synth.phantom import Phantom
 from node.synth.series import phantom_datasets
 

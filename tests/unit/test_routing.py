@@ -1,7 +1,7 @@
 import pytest
 
 from node.errors import ConfigError
-from node.routing import Rule, SeriesInfo, route
+from node.jobs.routing import Rule, SeriesInfo, route
 
 
 def series(uid: str = "1.1", modality: str = "CT", body: str = "CHEST", desc: str = "Thorax 1mm",

@@ -4,8 +4,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.errors import InvalidUID
+from node.intake.uids import InstanceUIDs, check_uid
 from node.jobs.states import JobState, can_move
-from node.uids import InstanceUIDs, check_uid
 
 
 @pytest.mark.parametrize(("value", "why"), [

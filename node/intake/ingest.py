@@ -1,49 +1,45 @@
-"""Loop side of ingest: record instances, decide stable studies, route them into jobs, recover at start."""
+"""Loop side of intake: count recorded instances, decide stable studies, route them into jobs, recover."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from pydicom import dcmread
-
-from node.assembly import StudyAssembler
-from node.events import EventBus
+from node.intake.assembly import StudyAssembler
+from node.intake.records import record_from_file
+from node.intake.spool import Spool
+from node.jobs.records import InstanceRecord, JobEvent, RecordOutcome
+from node.jobs.routing import RouteDecision, Rule, route
 from node.jobs.states import JobState
-from node.jobs.store import InstanceRecord, JobStore, RecordOutcome
-from node.routing import Rule, route
-from node.spool import Spool
-from node.uids import InstanceUIDs
+from node.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
 
 class Ingest:
+    """Owns the study assembler and the routing task: after each committed instance row (`recorded`, on
+    the loop) it waits for the study's quiet period, then has the store turn the intake into jobs."""
+
     def __init__(self, store: JobStore, spool: Spool, assembler: StudyAssembler, rules: Sequence[Rule],
-                 bus: EventBus, model_unavailable: Callable[[str], str | None] = lambda _name: None) -> None:
+                 model_unavailable: Callable[[str], str | None] = lambda _name: None) -> None:
         self._store = store
         self._model_unavailable = model_unavailable      # model name -> why it cannot run (None: it can)
         self._spool = spool
         self._assembler = assembler
         self._rules = tuple(rules)
-        self._bus = bus
         self._wake = asyncio.Event()
         self.instances_received = 0
 
-    async def record(self, rec: InstanceRecord) -> RecordOutcome:
-        """Commit the instance row; called (through the bridge) before the SCP answers Success."""
-        outcome = await self._store.record_instance(rec)
-        self.recorded(outcome)
-        return outcome
+    def record(self, rec: InstanceRecord) -> RecordOutcome:
+        """The SCP's recorder, on an association thread: the row commits before the SCP answers Success."""
+        return self._store.record_instance_blocking(rec, then=self.recorded)
 
     def recorded(self, outcome: RecordOutcome) -> None:
-        """On the loop, after an instance row committed (here or in an association thread)."""
+        """On the loop, after an instance row committed (and the store published its events)."""
         if not outcome.duplicate:
             self.instances_received += 1
         self._assembler.instance_received(outcome.intake_id)
-        self._bus.publish(outcome.events)
         self._wake.set()
 
     async def route_stable(self) -> int:
@@ -53,14 +49,16 @@ class Ingest:
             series = await self._store.series_of_intake(intake_id)
             outcome = route(series, self._rules)
             events = await self._store.route_intake(intake_id, outcome, series)
-            self._bus.publish(events)
-            for decision, event in zip(outcome.decisions, events, strict=False):
-                reason = self._model_unavailable(decision.model)
-                if reason is not None and event.state == JobState.QUEUED.value:
-                    # a model found unusable at start fails its jobs now, with the reason, not at job time
-                    self._bus.publish([await self._store.transition(
-                        event.job_id, JobState.FAILED, detail=f"model {decision.model} unavailable: {reason}")])
+            await self._fail_unavailable(outcome.decisions, events)
         return len(stable)
+
+    async def _fail_unavailable(self, decisions: Sequence[RouteDecision], events: Sequence[JobEvent]) -> None:
+        """A model found unusable at start fails its jobs now, with the reason, not at job time."""
+        for decision, event in zip(decisions, events, strict=False):
+            reason = self._model_unavailable(decision.model)
+            if reason is not None and event.state == JobState.QUEUED.value:
+                await self._store.advance(event.job_id, JobState.FAILED,
+                                          detail=f"model {decision.model} unavailable: {reason}")
 
     async def run(self) -> None:
         """Background task: wake on new instances or the next quiet-period deadline."""
@@ -87,28 +85,12 @@ class Ingest:
         orphans = [p for p in await asyncio.to_thread(lambda: list(self._spool.iter_instances()))
                    if str(p) not in known]
         for path in orphans:
-            rec = await asyncio.to_thread(_record_from_file, path)
+            rec = await asyncio.to_thread(record_from_file, path)
             if rec is not None:
                 await self._store.record_instance(rec)
         if orphans:
             logger.warning("recovery: recorded %d spooled instance(s) that had no store row", len(orphans))
         for intake_id, _study in await self._store.receiving():
             self._assembler.instance_received(intake_id)
-        self._bus.publish(await self._store.requeue_interrupted())
+        await self._store.requeue_interrupted()
         self._wake.set()
-
-
-def _record_from_file(path: Path) -> InstanceRecord | None:
-    try:
-        ds = dcmread(path, stop_before_pixels=True)
-        uids = InstanceUIDs.from_dataset(ds)
-    except Exception as exc:            # edge: an unreadable leftover is reported, not fatal
-        logger.error("recovery: cannot read %s (%s); left in place", path.name, type(exc).__name__)
-        return None
-    return InstanceRecord(
-        sop_instance_uid=uids.sop_instance_uid, study_instance_uid=uids.study_instance_uid,
-        series_instance_uid=uids.series_instance_uid, sop_class_uid=uids.sop_class_uid,
-        transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")), path=str(path),
-        size=path.stat().st_size, calling_ae=str(ds.file_meta.get("SourceApplicationEntityTitle", "")) or "(recovered)",
-        modality=str(ds.get("Modality", ""))[:16], body_part_examined=str(ds.get("BodyPartExamined", ""))[:64],
-        series_description=str(ds.get("SeriesDescription", ""))[:64])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import free_port, wait_until
+from tests.peers.helpers import free_port, wait_until
 
 RAY = Path(sys.executable).with_name("ray")
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from node.jobs.store import JobEvent
+from node.jobs.records import JobEvent
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class Subscription:
 
 
 class EventBus:
+    """Owns the subscribers and the doorbells; only the job store publishes (after its writes commit)."""
+
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self._doorbells: list[asyncio.Event] = []
@@ -57,7 +59,3 @@ class EventBus:
                 sub.offer(e)
         for bell in self._doorbells:
             bell.set()
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subs)

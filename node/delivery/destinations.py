@@ -15,6 +15,8 @@ _KEYS = {"name", "kind", "host", "port", "ae_title", "url", "username", "passwor
 
 @dataclass(frozen=True, slots=True)
 class Destination:
+    """One `[[destinations]]` entry: a DICOM peer (C-STORE) or an Orthanc REST URL; valid once constructed."""
+
     name: str
     kind: str                       # "dicom" (C-STORE SCU) | "orthanc-rest"
     host: str = ""

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 
 from ai.segmenter import ModelCard
-from node.dicom_out.checks import check_seg, check_sr
-from node.dicom_out.ids import ResultIds
-from node.dicom_out.seg import build_segmentation
-from node.dicom_out.sr import build_report
+from node.compute.series import SeriesResult
 from node.fsutil import make_dirs, write_atomic
-from node.inference import SeriesResult
-from node.jobs.store import JobView
+from node.jobs.records import JobResults, JobView, ResultFile
+from node.results.checks import check_seg, check_sr
+from node.results.ids import ResultIds
+from node.results.seg import build_segmentation
+from node.results.sr import build_report
 
 
 def encode(ds: Dataset) -> bytes:
@@ -27,7 +26,7 @@ def encode(ds: Dataset) -> bytes:
 
 def encode_checked(seg: hd.seg.Segmentation, sr: hd.sr.Comprehensive3DSR, source_series_instance_uid: str,
                    groups: int) -> tuple[bytes, bytes]:
-    """Encode the SEG and its SR, and check the bytes decode to what was built (node.dicom_out.checks)."""
+    """Encode the SEG and its SR, and check the bytes decode to what was built (node.results.checks)."""
     segments = len(seg.SegmentSequence)
     seg_data, sr_data = encode(seg), encode(sr)
     check_seg(seg_data, seg.SOPInstanceUID, segments, source_series_instance_uid)
@@ -35,7 +34,7 @@ def encode_checked(seg: hd.seg.Segmentation, sr: hd.sr.Comprehensive3DSR, source
     return seg_data, sr_data
 
 
-def write_dicom_results(job: JobView, folder: Path, results: list[SeriesResult], card: ModelCard) -> dict[str, Any]:
+def write_dicom_results(job: JobView, folder: Path, results: list[SeriesResult], card: ModelCard) -> JobResults:
     make_dirs(folder)
     files = []
     for r in results:
@@ -49,10 +48,10 @@ def write_dicom_results(job: JobView, folder: Path, results: list[SeriesResult],
         for kind, ds, data in (("seg", seg, encoded[0]), ("sr", sr, encoded[1])):
             name = f"{kind}-{r.series_instance_uid}.dcm"
             write_atomic(folder / name, data)
-            files.append({"kind": kind, "file": name, "sop_instance_uid": str(ds.SOPInstanceUID),
-                          "series_instance_uid": str(ds.SeriesInstanceUID),
-                          "source_series_instance_uid": r.series_instance_uid})
-    return {"files": files}
+            files.append(ResultFile(kind=kind, file=name, sop_instance_uid=str(ds.SOPInstanceUID),
+                                    series_instance_uid=str(ds.SeriesInstanceUID),
+                                    source_series_instance_uid=r.series_instance_uid))
+    return JobResults(files=tuple(files))
 
 
 def _int(value: object) -> int | None:

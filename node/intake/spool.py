@@ -9,7 +9,7 @@ from pathlib import Path
 
 from node.errors import SpoolFull
 from node.fsutil import free_bytes, is_part_file, make_dirs, write_atomic
-from node.uids import InstanceUIDs
+from node.intake.uids import InstanceUIDs
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,9 @@ class SpoolWrite:
 
 
 class Spool:
+    """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, written atomically
+    and fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
+
     def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes

@@ -3,48 +3,35 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, dataset_mismatch, store_response
 from node.errors import InvalidUID, SpoolFull
-from node.jobs.store import InstanceRecord, RecordOutcome
+from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, dataset_mismatch, store_response
+from node.intake.records import instance_record
+from node.intake.spool import Spool, SpoolWrite
+from node.intake.uids import InstanceUIDs, check_uid
+from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
-from node.spool import Spool
-from node.uids import InstanceUIDs, check_uid
+from node.tcp import on_conn_open
 
 logger = logging.getLogger(__name__)
 
 Recorder = Callable[[InstanceRecord], RecordOutcome]
 
 
-def set_nodelay(sock: socket.socket | None) -> None:
-    """pynetdicom never sets TCP_NODELAY; without it each DIMSE round trip waits ~40 ms for a delayed ACK."""
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def on_conn_open(event: Event) -> None:
-    dul_socket = getattr(event.assoc.dul, "socket", None)
-    set_nodelay(getattr(dul_socket, "socket", None))
-
-
-def _text(ds: object, keyword: str, limit: int) -> str:
-    value = getattr(ds, keyword, "")
-    return str(value if value is not None else "")[:limit]
-
-
 class StorageSCP:
-    """Verification + Storage SCP. `record` is a blocking call that commits the instance row."""
+    """Owns the DICOM port: Verification + Storage on pynetdicom association threads. A C-STORE is checked,
+    spooled durably and recorded (`record`, a blocking call that commits the row) before Success."""
 
     def __init__(self, settings: DicomSettings, spool: Spool, record: Recorder) -> None:
         self.settings = settings
@@ -68,6 +55,10 @@ class StorageSCP:
         ae.dimse_timeout = s.dimse_timeout_s
         ae.network_timeout = s.network_timeout_s
         return ae
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     @property
     def port(self) -> int:
@@ -103,52 +94,18 @@ class StorageSCP:
     def handle_echo(self, event: Event) -> int:
         return 0x0000
 
-    def handle_store(self, event: Event) -> object:
+    def handle_store(self, event: Event) -> Dataset:
         """EVT_C_STORE: check, make durable, record, and only then answer Success."""
         calling_ae = event.assoc.requestor.ae_title
-        sop_class_uid = str(event.context.abstract_syntax)
-        transfer_syntax = str(event.context.transfer_syntax)
         try:
-            data = event.encoded_dataset(include_meta=True)
-            ds = dcmread(BytesIO(data), defer_size=4096)
-        except Exception as exc:                     # edge: an undecodable dataset becomes a status
-            logger.warning("C-STORE from %s refused: cannot decode dataset (%s)", calling_ae, type(exc).__name__)
-            return store_response(StoreStatus.CANNOT_UNDERSTAND, "cannot decode the dataset")
-        try:
-            uids = InstanceUIDs.from_dataset(ds)
-            if uids.sop_instance_uid != check_uid(event.request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID"):
-                raise InvalidUID("SOPInstanceUID differs from the C-STORE request")
-        except InvalidUID as exc:
-            logger.warning("C-STORE from %s refused: %s", calling_ae, exc)
-            return store_response(StoreStatus.CANNOT_UNDERSTAND, str(exc))
-        except Exception as exc:
-            logger.warning("C-STORE from %s refused: unreadable UIDs (%s)", calling_ae, type(exc).__name__)
-            return store_response(StoreStatus.CANNOT_UNDERSTAND, "cannot read study/series/SOP UIDs")
-        try:
-            mismatch = dataset_mismatch(ds, sop_class_uid)
-        except Exception as exc:
-            mismatch = f"unreadable header ({type(exc).__name__})"
-        if mismatch:
-            logger.warning("C-STORE %s from %s refused: %s", uids.sop_instance_uid, calling_ae, mismatch)
-            return store_response(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
-        if self._stopping.is_set():
-            return store_response(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
-        try:
-            written = self._spool.write_instance(uids, data)
-        except SpoolFull as exc:
-            logger.error("C-STORE %s from %s refused: %s", uids.sop_instance_uid, calling_ae, exc)
-            return store_response(StoreStatus.OUT_OF_RESOURCES, "out of disk space on the receiving node")
-        except OSError as exc:
-            logger.error("C-STORE %s: spool write failed: %s", uids.sop_instance_uid, exc.strerror)
-            return store_response(StoreStatus.OUT_OF_RESOURCES, "spool not writable on the receiving node")
-        record = InstanceRecord(
-            sop_instance_uid=uids.sop_instance_uid, study_instance_uid=uids.study_instance_uid,
-            series_instance_uid=uids.series_instance_uid, sop_class_uid=sop_class_uid,
-            transfer_syntax_uid=transfer_syntax, path=str(written.path), size=written.size,
-            calling_ae=calling_ae, modality=_text(ds, "Modality", 16),
-            body_part_examined=_text(ds, "BodyPartExamined", 64),
-            series_description=_text(ds, "SeriesDescription", 64),
-            patient_name=_text(ds, "PatientName", 200), patient_id=_text(ds, "PatientID", 64))
+            data, ds, uids = _checked(event, calling_ae)
+            if self._stopping.is_set():
+                raise _Refused(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
+            written = self._write(uids, data, calling_ae)
+        except _Refused as refusal:
+            return store_response(refusal.status, refusal.comment)
+        record = instance_record(ds, uids, path=written.path, size=written.size, calling_ae=calling_ae,
+                                 transfer_syntax_uid=str(event.context.transfer_syntax))
         try:
             outcome = self._record(record)
         except Exception:                              # edge: the file is safe, but unrecorded: no Success
@@ -157,3 +114,49 @@ class StorageSCP:
         if outcome.duplicate or written.duplicate:
             logger.debug("C-STORE %s from %s: duplicate, first copy kept", uids.sop_instance_uid, calling_ae)
         return store_response(StoreStatus.SUCCESS)
+
+    def _write(self, uids: InstanceUIDs, data: bytes, calling_ae: str) -> SpoolWrite:
+        try:
+            return self._spool.write_instance(uids, data)
+        except SpoolFull as exc:
+            logger.error("C-STORE %s from %s refused: %s", uids.sop_instance_uid, calling_ae, exc)
+            raise _Refused(StoreStatus.OUT_OF_RESOURCES, "out of disk space on the receiving node") from None
+        except OSError as exc:
+            logger.error("C-STORE %s: spool write failed: %s", uids.sop_instance_uid, exc.strerror)
+            raise _Refused(StoreStatus.OUT_OF_RESOURCES, "spool not writable on the receiving node") from None
+
+
+class _Refused(Exception):
+    """A C-STORE the handler answers with `status` and an ErrorComment, instead of storing it."""
+
+    def __init__(self, status: StoreStatus, comment: str) -> None:
+        super().__init__(comment)
+        self.status, self.comment = status, comment
+
+
+def _checked(event: Event, calling_ae: str) -> tuple[bytes, Dataset, InstanceUIDs]:
+    """Decode the dataset and check its UIDs and its match to the SOP class; raise _Refused if unfit."""
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        ds = dcmread(BytesIO(data), defer_size=4096)
+    except Exception as exc:                     # edge: an undecodable dataset becomes a status
+        logger.warning("C-STORE from %s refused: cannot decode dataset (%s)", calling_ae, type(exc).__name__)
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, "cannot decode the dataset") from None
+    try:
+        uids = InstanceUIDs.from_dataset(ds)
+        if uids.sop_instance_uid != check_uid(event.request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID"):
+            raise InvalidUID("SOPInstanceUID differs from the C-STORE request")
+    except InvalidUID as exc:
+        logger.warning("C-STORE from %s refused: %s", calling_ae, exc)
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from None
+    except Exception as exc:
+        logger.warning("C-STORE from %s refused: unreadable UIDs (%s)", calling_ae, type(exc).__name__)
+        raise _Refused(StoreStatus.CANNOT_UNDERSTAND, "cannot read study/series/SOP UIDs") from None
+    try:
+        mismatch = dataset_mismatch(ds, str(event.context.abstract_syntax))
+    except Exception as exc:
+        mismatch = f"unreadable header ({type(exc).__name__})"
+    if mismatch:
+        logger.warning("C-STORE %s from %s refused: %s", uids.sop_instance_uid, calling_ae, mismatch)
+        raise _Refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
+    return data, ds, uids

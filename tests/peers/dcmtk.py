@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.helpers import peer_env, tool
+from tests.peers.helpers import peer_env, tool
 
 TS_FLAGS = {"explicit": "-xe", "implicit": "-xi", "deflated": "-xd", "rle": "-xr", "jpeg-ls": "-xt",
             "jpeg2000": "-xv"}

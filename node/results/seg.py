@@ -11,7 +11,7 @@ from pydicom.sr.codedict import codes
 
 from ai.anatomy import LOCAL_SCHEME, LOCAL_SCHEME_NAME
 from ai.segmenter import ModelCard
-from node.dicom_out.ids import MANUFACTURER, SOFTWARE_VERSION, ResultIds
+from node.results.ids import MANUFACTURER, SOFTWARE_VERSION, ResultIds
 
 
 def segment_descriptions(card: ModelCard, numbers: Sequence[int]) -> list[hd.seg.SegmentDescription]:

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import REPO, free_port, wait_until
+from tests.peers.helpers import REPO, free_port, wait_until
 
 
 class NodeProcess:

@@ -32,6 +32,8 @@ class SeriesInfo:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One `[[rules]]` entry: which series it takes (match), the model to run, where results go."""
+
     name: str
     model: str
     destinations: tuple[str, ...] = ()

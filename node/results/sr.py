@@ -11,16 +11,24 @@ from pydicom.sr.coding import Code
 
 from ai.measure import SegmentMeasurement
 from ai.segmenter import ModelCard
-from node.dicom_out.ids import MANUFACTURER, ResultIds, result_uid
-from node.dicom_out.seg import declare_local_scheme
+from node.results.ids import MANUFACTURER, ResultIds, result_uid
+from node.results.seg import declare_local_scheme
 
 MILLILITER = Code("ml", "UCUM", "milliliter")          # pydicom's codes have no UCUM milliliter
 _PROCEDURES = {"CT": codes.LN.CTUnspecifiedBodyRegion, "MR": codes.LN.MRIUnspecifiedBodyRegion,
                "PT": codes.LN.PETUnspecifiedBodyRegion}
 
 
-def _intensity_unit(card: ModelCard) -> Code:
-    return codes.UCUM.HounsfieldUnit if card.intensity_unit == "HU" else Code("1", "UCUM", "no units")
+# What a segment's mean voxel value measures, by the modality of the source series
+_MEAN_OF = {"CT": codes.DCM.AttenuationCoefficient, "MR": codes.DCM.MRSignalIntensity,
+            "PT": codes.DCM.StandardizedUptakeValue}
+
+
+def _intensity(card: ModelCard, modality: str) -> tuple[Code, Code]:
+    """(quantity, unit) of the mean: Hounsfield units are attenuation whatever the modality tag says."""
+    if card.intensity_unit == "HU":
+        return codes.DCM.AttenuationCoefficient, codes.UCUM.HounsfieldUnit
+    return _MEAN_OF.get(modality, codes.SCT.Mean), Code("1", "UCUM", "no units")
 
 
 def build_report(seg: hd.seg.Segmentation, sources: Sequence[Dataset], measurements: Sequence[SegmentMeasurement],
@@ -33,6 +41,7 @@ def build_report(seg: hd.seg.Segmentation, sources: Sequence[Dataset], measureme
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=result_uid(card.name, 0, card.version, "device"), name=card.name[:64],
             manufacturer_name=MANUFACTURER, model_name=f"{card.name} {card.version}"[:64]))
+    quantity, unit = _intensity(card, str(sources[0].get("Modality", "")))
     segment_by_label = {str(d.SegmentLabel): int(d.SegmentNumber) for d in seg.SegmentSequence}
     groups = []
     for m in measurements:
@@ -43,9 +52,7 @@ def build_report(seg: hd.seg.Segmentation, sources: Sequence[Dataset], measureme
             source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid))
         values = [
             hd.sr.Measurement(name=codes.SCT.Volume, value=round(m.volume_ml, 3), unit=MILLILITER),
-            hd.sr.Measurement(name=(codes.DCM.AttenuationCoefficient if card.intensity_unit == "HU"
-                                    else Code("112031", "DCM", "Attenuation Coefficient")),
-                              value=round(m.mean, 2), unit=_intensity_unit(card), derivation=codes.SCT.Mean),
+            hd.sr.Measurement(name=quantity, value=round(m.mean, 2), unit=unit, derivation=codes.SCT.Mean),
         ]
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(

@@ -14,9 +14,9 @@ from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
-from node.destinations import Destination
+from node.delivery.destinations import Destination
 from node.errors import SendError
-from node.scp import on_conn_open
+from node.tcp import on_conn_open
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ _RETRYABLE_PREFIXES = (0xA7,)             # out of resources
 
 
 class DicomSender:
+    """C-STORE SCU to one DICOM destination, one association per delivery; refusals become SendError."""
+
     def __init__(self, dest: Destination, calling_ae: str, timeout_s: float) -> None:
         self.dest = dest
         self.calling_ae = calling_ae

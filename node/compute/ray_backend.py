@@ -1,7 +1,5 @@
-"""Where a job's inference and result encoding run: in this process (an executor) or on Ray actors.
-
-Both backends run the same JobPipeline; the Ray one ships the series' bytes to an actor (so the
-cluster needs no shared filesystem) and gets the result files' bytes back.
+"""Jobs on Ray actors: the node stays the DICOM endpoint and ships each series' bytes to an actor (so the
+cluster needs no shared filesystem), which runs the same JobPipeline and sends the result files back.
 """
 
 from __future__ import annotations
@@ -11,104 +9,22 @@ import logging
 import os
 import socket
 import tempfile
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
-from ai.segmenter import ModelCard
+from node.compute.pipeline import JobPipeline, Outcome, Progress, Requeue, ResultWriter
 from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
-from node.inference import SeriesResult, segment_series
-from node.jobs.store import JobView
+from node.jobs.records import JobView
 from node.settings import ray_address_parts
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[float, str], None]
-ResultWriter = Callable[[JobView, Path, list[SeriesResult], ModelCard], dict[str, Any]]
-
-
-class Requeue(Exception):
-    """The job could not run here for a reason that is not the job's fault (a Ray actor died)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    summary: dict[str, Any]
-    detail: str
-    inference_s: float
-
-
-def ready_detail(results: list[SeriesResult], seconds: float) -> str:
-    parts = [f"{m.name} {m.volume_ml:.0f} mL" for r in results for m in r.measurements]
-    return f"segmented in {seconds:.1f} s: " + (", ".join(parts) or "nothing found")
-
-
-class JobPipeline:
-    """Model + series -> results on disk. Synchronous; runs on an executor thread or inside an actor."""
-
-    def __init__(self, registry: ModelRegistry, writers: Sequence[ResultWriter]) -> None:
-        self.registry = registry
-        self.writers = list(writers)
-
-    def run(self, job: JobView, inputs: dict[str, Sequence[str | Path | bytes]], folder: Path,
-            progress: Progress) -> Outcome:
-        started = time.monotonic()
-        try:
-            model = self.registry.get(job.model)
-            results = []
-            n = len(job.series_instance_uids)
-            for i, uid in enumerate(job.series_instance_uids):
-                def part(f: float, stage: str, i: int = i) -> None:
-                    progress((i + f) / n, (f"series {i + 1}/{n}: " if n > 1 else "") + stage)
-                results.append(segment_series(uid, inputs[uid], model, part))
-            inference_s = time.monotonic() - started
-            summary: dict[str, Any] = {}
-            for writer in self.writers:
-                summary.update(writer(job, folder, results, model.card))
-            return Outcome(summary, ready_detail(results, time.monotonic() - started), inference_s)
-        finally:
-            if self.registry.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-
-class Backend(Protocol):
-    device: torch.device
-
-    async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
-        """Raises UnsuitableSeries / ModelUnavailable (the job fails), Requeue (it goes back to the queue)."""
-        ...
-
-    async def close(self) -> None: ...
-
-    def placement(self) -> str:
-        """Where jobs run, in words for the admin (status page, /api/health)."""
-        ...
-
-
-class LocalBackend:
-    def __init__(self, pipeline: JobPipeline, executor: Executor) -> None:
-        self.pipeline = pipeline
-        self.executor = executor
-        self.device = pipeline.registry.device
-
-    async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.pipeline.run, job, inputs, folder, progress)
-
-    async def close(self) -> None:
-        return None
-
-    def placement(self) -> str:
-        return f"in this process on {self.device}"
 
 
 def _actor_class() -> Any:

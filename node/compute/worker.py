@@ -1,0 +1,97 @@
+"""The worker: claims queued jobs, runs them on the compute backend, records results and states."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ai.errors import ModelUnavailable, UnsuitableSeries
+from node.bridge import LoopBridge
+from node.compute.pipeline import Backend, Requeue
+from node.jobs.records import JobView
+from node.jobs.states import NO_DESTINATION, JobState
+from node.jobs.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressReporter:
+    """Thread-safe progress callback: throttled progress events, handed to the loop through the bridge."""
+
+    def __init__(self, bridge: LoopBridge, store: JobStore, job_id: str, min_step: float = 0.05,
+                 min_interval_s: float = 0.5) -> None:
+        self._bridge, self._store, self._job_id = bridge, store, job_id
+        self._last = (-1.0, "", 0.0)
+        self._min_step, self._min_interval_s = min_step, min_interval_s
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        last_f, last_stage, last_t = self._last
+        now = time.monotonic()
+        if stage == last_stage and (fraction - last_f < self._min_step or now - last_t < self._min_interval_s):
+            return
+        self._last = (fraction, stage, now)
+        self._bridge.submit(self._emit, round(min(max(fraction, 0.0), 1.0), 3), stage)
+
+    async def _emit(self, fraction: float, stage: str) -> None:
+        try:
+            await self._store.progress(self._job_id, fraction, stage)
+        except Exception:           # progress is best effort; the state change is what counts
+            logger.debug("progress event for job %s dropped", self._job_id, exc_info=True)
+
+
+class Worker:
+    """Owns one claim-run-record loop: `queued -> running -> sending` (or `failed` with the reason, or back
+    to `queued` when the backend lost the job); jobs with no destination go on to `done`."""
+
+    def __init__(self, store: JobStore, backend: Backend, results_root: Path, poll_s: float = 5.0) -> None:
+        self._store, self._backend = store, backend
+        self._results_root = results_root
+        self._poll_s = poll_s
+        self.inference_seconds = 0.0
+        self.jobs_finished = 0
+
+    async def run(self) -> None:
+        bell = self._store.bus.doorbell()
+        while True:
+            bell.clear()             # before the claim, so a job queued meanwhile rings it again
+            claimed = await self._store.claim_next()
+            if claimed is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(bell.wait(), timeout=self._poll_s)
+                continue
+            await self.process(claimed[0])
+
+    async def process(self, job: JobView) -> None:
+        progress = ProgressReporter(LoopBridge(asyncio.get_running_loop()), self._store, job.id)
+        try:
+            inputs = {uid: await self._store.instance_paths(job.intake_id, uid) for uid in job.series_instance_uids}
+            outcome = await self._backend.run(job, inputs, self._results_root / job.id, progress)
+        except Requeue as exc:
+            await self._store.advance(job.id, JobState.QUEUED, f"requeued: {exc}")
+            return
+        except (UnsuitableSeries, ModelUnavailable) as exc:
+            await self._fail(job, str(exc))
+            return
+        except torch.cuda.OutOfMemoryError:
+            await self._fail(job, "the GPU ran out of memory on this series; retry later or run on a larger "
+                                  "GPU / on CPU ([compute] device)")
+            return
+        except Exception as exc:     # edge: whatever happened, the job ends failed with the reason
+            logger.exception("job %s: inference failed", job.id)
+            await self._fail(job, f"internal error during inference: {type(exc).__name__}: {str(exc)[:300]}")
+            return
+        self.inference_seconds += outcome.inference_s
+        await self._store.set_results(job.id, outcome.results)
+        await self._store.advance(job.id, JobState.SENDING, outcome.detail)
+        if not job.destinations:
+            await self._store.advance(job.id, JobState.DONE, NO_DESTINATION)
+        self.jobs_finished += 1
+
+    async def _fail(self, job: JobView, reason: str) -> None:
+        logger.warning("job %s failed: %s", job.id, reason)
+        await self._store.advance(job.id, JobState.FAILED, reason)

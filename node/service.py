@@ -1,0 +1,102 @@
+"""NodeService: what the web side (viewer_api.ports.NodeOps) may ask of a running node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ai.registry import ModelRegistry
+from node.compute.pipeline import Backend
+from node.compute.worker import Worker
+from node.delivery.outbox import Outbox
+from node.fsutil import free_bytes
+from node.intake.ingest import Ingest
+from node.intake.scp import StorageSCP
+from node.intake.spool import Spool
+from node.jobs.events import Subscription
+from node.jobs.records import JobEvent, JobView
+from node.jobs.states import JobState
+from node.jobs.store import JobStore
+from node.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RunningParts:
+    """The parts Node.start() built, handed to the service in one piece once they all exist."""
+
+    store: JobStore
+    spool: Spool
+    ingest: Ingest
+    scp: StorageSCP
+    registry: ModelRegistry
+    backend: Backend
+    workers: Sequence[Worker]
+    outbox: Outbox
+
+
+class NodeService:
+    """Answers the web side's questions and commands (health, metrics, models, retry, cancel, result files,
+    the event stream) from the running parts. Owns nothing: Node starts and stops the parts."""
+
+    def __init__(self, settings: Settings, parts: RunningParts, websockets: Sized) -> None:
+        self._settings = settings
+        self._p = parts
+        self._websockets = websockets
+
+    def _inference_seconds(self) -> float:
+        return round(sum(w.inference_seconds for w in self._p.workers), 3)
+
+    async def health(self) -> dict[str, Any]:
+        p = self._p
+        counts = await p.store.counts_by_state()
+        free = free_bytes(p.spool.root)
+        disk_ok = free >= p.spool.min_free_bytes
+        scp_ok = p.scp.listening
+        return {
+            "ok": bool(disk_ok and scp_ok),
+            "dicom": {"listening": scp_ok, "ae_title": self._settings.dicom.ae_title,
+                      "port": p.scp.port if scp_ok else None},
+            "disk": {"free_bytes": free, "floor_bytes": p.spool.min_free_bytes, "ok": disk_ok},
+            "jobs": counts,
+            "queue_depth": counts.get("queued", 0),
+            "instances_received": p.ingest.instances_received,
+            "websocket_clients": len(self._websockets),
+            "compute": {"device": str(p.backend.device), "backend": self._settings.compute.backend,
+                        "placement": p.backend.placement(),
+                        "cuda_available": torch.cuda.is_available(),
+                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                        "inference_seconds": self._inference_seconds()},
+        }
+
+    async def metrics(self) -> dict[str, Any]:
+        return {"jobs": await self._p.store.counts_by_state(),
+                "instances_received_total": self._p.ingest.instances_received,
+                "send_failures_total": self._p.outbox.send_failures,
+                "inference_seconds_total": self._inference_seconds(),
+                "websocket_clients": len(self._websockets)}
+
+    async def models(self) -> list[dict[str, Any]]:
+        statuses = await asyncio.to_thread(self._p.registry.status)
+        return [{**st.as_dict(), "error": st.reason} for st in statuses]
+
+    async def retry(self, job_id: str) -> JobEvent:
+        return await self._p.store.transition(job_id, JobState.QUEUED, detail="retry requested")
+
+    async def cancel(self, job_id: str) -> JobEvent:
+        return await self._p.store.transition(job_id, JobState.CANCELLED, detail="cancelled")
+
+    def result_file(self, job: JobView, kind: str) -> Path:
+        found = job.results.file(kind)
+        if found is not None:
+            path = self._settings.node.data_path / "results" / job.id / found.file
+            if path.exists():
+                return path
+        raise LookupError(f"job {job.id} has no {kind.upper()} result (state {job.state})")
+
+    def subscribe(self, maxsize: int) -> Subscription:
+        return self._p.store.bus.subscribe(maxsize)

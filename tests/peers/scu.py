@@ -1,0 +1,49 @@
+"""A pynetdicom SCU for in-process tests: what a scanner sends, answered by a running Node, and the job it ends in."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
+
+from node.app import Node
+from node.jobs.records import JobView
+from node.tcp import on_conn_open
+from tests.peers.helpers import async_wait_until
+
+NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
+
+
+def scu(calling: str = "SCANNER") -> AE:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for sop in (CTImageStorage, MRImageStorage, RTPlanStorage):
+        ae.add_requested_context(sop, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    return ae
+
+
+async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", called: str = "SEGNODE") -> list[Dataset]:
+    """C-STORE every dataset on one association; the responses, in order."""
+    assert node.scp is not None, "the node is not started"
+    port = node.scp.port
+
+    def run() -> list[Dataset]:
+        assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title=called)
+        assert assoc.is_established, "association was not accepted"
+        try:
+            return [assoc.send_c_store(ds) for ds in datasets]
+        finally:
+            assoc.release()
+    return await asyncio.to_thread(run)
+
+
+async def final_job(node: Node, study_instance_uid: str, timeout_s: float = 30) -> JobView:
+    """The study's job once it is done or failed."""
+    async def ended() -> JobView | None:
+        jobs = await node.store.list_jobs(study_instance_uid=study_instance_uid)
+        return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
+    return await async_wait_until(ended, timeout_s, f"study {study_instance_uid[-8:]} to finish")
