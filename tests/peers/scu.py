@@ -1,4 +1,4 @@
-"""A pynetdicom SCU for in-process tests: what a scanner sends, answered by a running Node."""
+"""A pynetdicom SCU for in-process tests: what a scanner sends, answered by a running Node, and the job it ends in."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
 
 from node.app import Node
+from node.jobs.records import JobView
 from node.tcp import on_conn_open
+from tests.peers.helpers import async_wait_until
 
 NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
 
@@ -67,3 +69,11 @@ async def send_files(node: Node, paths: list[Path], calling: str = "SCANNER") ->
     """`send_files_to` the running node, off the event loop."""
     assert node.scp is not None, "the node is not started"
     return await asyncio.to_thread(send_files_to, node.scp.port, paths, "SEGNODE", calling)
+
+
+async def final_job(node: Node, study_instance_uid: str, timeout_s: float = 30) -> JobView:
+    """The study's job once it is done or failed."""
+    async def ended() -> JobView | None:
+        jobs = await node.store.list_jobs(study_instance_uid=study_instance_uid)
+        return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
+    return await async_wait_until(ended, timeout_s, f"study {study_instance_uid[-8:]} to finish")
