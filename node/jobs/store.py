@@ -145,12 +145,16 @@ class JobStore(JobReads):
             logger.info("job %s changed state meanwhile (cancelled?); not moved to %s", job_id, to.value)
             return None
 
-    async def progress(self, job_id: str, progress: float | None, detail: str) -> JobEvent:
-        """Append a progress event without changing the state."""
+    async def progress(self, job_id: str, progress: float | None, detail: str) -> JobEvent | None:
+        """Append a progress event without changing the state. Only a running or sending job takes progress:
+        a late report (the job failed or was cancelled meanwhile) must not overwrite the reason; None then."""
         async with self._write() as s:
             job = await s.get(Job, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id}")
+            if job.state not in (JobState.RUNNING.value, JobState.SENDING.value):
+                logger.debug("job %s is %s; progress %r dropped", job_id, job.state, detail[:80])
+                return None
             job.progress, job.detail, job.updated_at = progress, detail[:2000], utcnow()
             row = self._event(s, job, detail, progress)
             await s.flush()

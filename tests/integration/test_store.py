@@ -74,6 +74,17 @@ async def test_transitions_are_checked_and_every_change_is_an_event(store: JobSt
         await store.transition("nope", JobState.QUEUED)
 
 
+async def test_a_late_progress_report_never_overwrites_the_failure_reason(store: JobStore) -> None:
+    intake = (await store.record_instance(rec("1.1"))).intake_id
+    await store.transition(intake, JobState.QUEUED)
+    await store.claim_next()
+    assert await store.progress(intake, 0.5, "volume 12x32x32") is not None
+    await store.transition(intake, JobState.FAILED, detail="model ct-basic segments CT; this series is MR")
+    assert await store.progress(intake, 0.6, "segmenting") is None
+    job = await store.get(intake)
+    assert job.state == "failed" and job.detail == "model ct-basic segments CT; this series is MR"
+
+
 async def test_the_done_event_says_which_series_each_destination_now_holds(store: JobStore) -> None:
     intake = (await store.record_instance(rec("1.1"))).intake_id
     await store.transition(intake, JobState.QUEUED)
