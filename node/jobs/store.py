@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from node.bridge import LoopBridge
-from node.errors import InvalidTransition, JobNotFound
+from node.errors import InvalidTransition, JobNotFound, StoreUnavailable
 from node.jobs.engine import make_engine, one_writer
 from node.jobs.events import EventBus
 from node.jobs.instances import InstanceWriter, new_id
@@ -61,6 +62,10 @@ class JobStore(JobReads):
         engine = make_engine(url, connect_timeout_s=min(record_timeout_s, 10.0))
         try:
             change = await migrate(engine)
+        except (OSError, DBAPIError) as exc:
+            await engine.dispose()
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StoreUnavailable(f"cannot open the job store {mask_url(url)}: {reason}") from exc
         except BaseException:
             await engine.dispose()
             raise

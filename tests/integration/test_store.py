@@ -5,16 +5,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from node.errors import InvalidTransition, JobNotFound
-from node.jobs.records import InstanceRecord, RecordOutcome
+from node.jobs.records import RecordOutcome
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
-
-
-def rec(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", modality: str = "CT") -> InstanceRecord:
-    return InstanceRecord(sop_instance_uid=sop, study_instance_uid=study, series_instance_uid=series,
-                          sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-                          path=f"/spool/{sop}.dcm", size=10, calling_ae="SCANNER", modality=modality)
+from tests.peers.records import rec
 
 
 @pytest.fixture
