@@ -40,6 +40,17 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await n.stop()
 
 
+@pytest.fixture
+async def store_node(tmp_path: Path, store_url: str) -> AsyncIterator[Node]:
+    """A started Node on each job-store backend in turn (SQLite, PostgreSQL)."""
+    n = Node(node_settings(tmp_path, store__url=store_url))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with two bundles the suite builds itself: a trained tiny UNet and a threshold net."""
