@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.segnode-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm chromium
+PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm chromium postgresql
 
 .PHONY: run test install peers ohif lint unit bench clean
 
@@ -25,6 +25,7 @@ run: install
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null \
 	    || ! command -v chromium >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; }; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PEERS); \

@@ -27,11 +27,12 @@ from node.intake.ingest import Ingest
 from node.intake.scp import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import EventBus
+from node.jobs.schema import head as schema_head
 from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.results.dicom import write_dicom_results
 from node.service import NodeService, RunningParts
-from node.settings import Settings
+from node.settings import Settings, mask_url
 from viewer_api.app import init_app
 from viewer_api.auth import TokenAuth
 
@@ -181,6 +182,14 @@ class Node:
         if self.store is not None:
             await self.store.close()
         logger.info("segnode stopped")
+
+
+async def upgrade_store(settings: Settings) -> str:
+    """`segnode db upgrade`: migrate the configured job store to the newest schema; say what happened."""
+    make_dirs(settings.node.data_path)
+    store = await JobStore.open(settings.store_url, record_timeout_s=settings.dicom.record_timeout_s)
+    await store.close()
+    return f"job store {mask_url(settings.store_url)}: schema at revision {schema_head()}"
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

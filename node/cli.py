@@ -1,4 +1,4 @@
-"""`segnode serve | check-config | synth | models check|install`: the entry point, where logging is configured once."""
+"""`segnode serve | check-config | db upgrade | synth | models`: the entry point, where logging is configured once."""
 
 from __future__ import annotations
 
@@ -75,6 +75,13 @@ def _check_config(settings: Settings) -> int:
     return 0
 
 
+def _db_upgrade(settings: Settings) -> int:
+    from node.app import upgrade_store
+
+    print(asyncio.run(upgrade_store(settings)))
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from node.synth.series import TRANSFER_SYNTAXES, write_datasets, write_series
 
@@ -118,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["ct-liver"])
     p.add_argument("--dir", type=Path, help="models folder (default: the settings' [models] dir)")
     p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
+    p = sub.add_parser("db", help="job store tools")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    p = dsub.add_parser("upgrade", help="migrate the job store ([store] url) to this version's schema, rows kept")
+    p.add_argument("--config", type=Path, help="TOML file overriding config/segnode.toml")
     p = sub.add_parser("synth", help="write a CT series: the synthetic phantom, or a NIfTI volume of yours")
     p.add_argument("--out", required=True)
     p.add_argument("--from-nifti", metavar="FILE", help="convert this 3-D NIfTI CT (values in HU) instead")
@@ -138,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         logging.basicConfig(level=settings.node.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        for noisy in ("pynetdicom", "alembic"):          # the node logs the schema revision itself
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         if args.command == "check-config":
             return _check_config(settings)
+        if args.command == "db":
+            return _db_upgrade(settings)
         if args.command == "models":
             if args.models_command == "install":
                 return _models_install(args, settings)

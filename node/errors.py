@@ -27,6 +27,10 @@ class SpoolFull(SegnodeError, OSError):
     """Free disk space is below the configured floor."""
 
 
+class StoreUnavailable(SegnodeError, ConnectionError):
+    """The job store's database cannot be reached or refuses us (server down, wrong database or user)."""
+
+
 class ComputeUnavailable(SegnodeError, ConnectionError):
     """The configured compute backend (a Ray cluster) cannot be reached at start-up."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from node.jobs.records import JobEvent, JobView
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
 from node.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +56,17 @@ class NodeService:
 
     async def health(self) -> dict[str, Any]:
         p = self._p
-        counts = await p.store.counts_by_state()
+        try:
+            counts, store_ok = await p.store.counts_by_state(), True
+        except Exception as exc:       # edge: an unreachable database makes the node unhealthy, not the page fail
+            logger.warning("health: job store unavailable (%s)", type(exc).__name__)
+            counts, store_ok = {}, False
         free = free_bytes(p.spool.root)
         disk_ok = free >= p.spool.min_free_bytes
         scp_ok = p.scp.listening
         return {
-            "ok": bool(disk_ok and scp_ok),
+            "ok": bool(disk_ok and scp_ok and store_ok),
+            "store": {"ok": store_ok, "database": p.store.engine.dialect.name},
             "dicom": {"listening": scp_ok, "ae_title": self._settings.dicom.ae_title,
                       "port": p.scp.port if scp_ok else None},
             "disk": {"free_bytes": free, "floor_bytes": p.spool.min_free_bytes, "ok": disk_ok},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -117,7 +118,7 @@ class StoreSettings:
     def __post_init__(self) -> None:
         if self.url and not self.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ConfigError(f"[store] url must start with sqlite+aiosqlite:// or postgresql+asyncpg://, "
-                              f"got {_mask_url(self.url)!r}; leave it empty for the embedded SQLite store")
+                              f"got {mask_url(self.url)!r}; leave it empty for the embedded SQLite store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +235,7 @@ class Settings:
                 out[f.name] = [r.describe() for r in value]
             else:
                 out[f.name] = dataclasses.asdict(value)
-        out["store"]["url"] = _mask_url(self.store_url)
+        out["store"]["url"] = mask_url(self.store_url)
         for key in ("admin_tokens", "viewer_tokens"):
             out["http"][key] = [f"{t.partition('=')[0] if '=' in t else 'token'}=***" for t in out["http"][key]]
         return out
@@ -253,13 +254,18 @@ def _check_port(section: str, key: str, value: int, *, allow_zero: bool) -> None
         raise ConfigError(f"[{section}] {key} must be a TCP port {low}-65535, got {value}")
 
 
-def _mask_url(url: str) -> str:
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+def mask_url(url: str) -> str:
+    """`url` with its password (if any, also a `password=` query parameter) replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        creds, host = rest.split("/", 1)[0].rsplit("@", 1), rest[len(rest.split("/", 1)[0]):]
+        user, has_password = creds[0].partition(":")[0], ":" in creds[0]
+        url = f"{scheme}://{user}{':***' if has_password else ''}@{creds[1]}{host}"
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+
+
+def url_has_password(url: str) -> bool:
+    return mask_url(url) != url
 
 
 def _coerce(section: str, key: str, hint: Any, value: Any) -> Any:
@@ -348,6 +354,14 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def _refuse_password_in_file(raw: Mapping[str, Any], path: Path) -> None:
+    """Credentials come from the environment only: a [store] url with a password in a TOML file is refused."""
+    url = raw.get("store", {}).get("url", "")
+    if isinstance(url, str) and url_has_password(url):
+        raise ConfigError(f"[store] url in {path} holds a password ({mask_url(url)}); put the whole URL in "
+                          "SEGNODE_STORE__URL, or only the password in PGPASSWORD, and keep it out of files")
+
+
 def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None = None,
                   defaults_file: Path = DEFAULTS_FILE) -> Settings:
     """Read defaults, the optional config file and the environment; validate; return frozen Settings."""
@@ -358,6 +372,7 @@ def load_settings(config_file: Path | None = None, env: Mapping[str, str] | None
             if key in override:
                 raw.pop(key, None)
         raw = _merge(raw, override)
+    _refuse_password_in_file(raw, config_file or defaults_file)
     raw = _merge(raw, _env_overrides(os.environ if env is None else env))
     unknown = sorted(set(raw) - set(_SECTIONS) - {"rules", "destinations"})
     if unknown:

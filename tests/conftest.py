@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ from node.app import Node
 from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
 from tests.peers.bundles import build_bundle, build_threshold_bundle
+from tests.peers.postgres import PostgresServer
 from tests.peers.settings import node_settings
 
 
@@ -39,6 +40,17 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         await n.stop()
 
 
+@pytest.fixture
+async def store_node(tmp_path: Path, store_url: str) -> AsyncIterator[Node]:
+    """A started Node on each job-store backend in turn (SQLite, PostgreSQL)."""
+    n = Node(node_settings(tmp_path, store__url=store_url))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with two bundles the suite builds itself: a trained tiny UNet and a threshold net."""
@@ -46,3 +58,22 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_bundle(root / "phantom-unet", steps=60)
     build_threshold_bundle(root / "phantom-threshold")
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the session (each test gets its own database)."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The job store's URL, once per backend: SQLite in the test's folder, a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

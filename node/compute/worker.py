@@ -19,6 +19,13 @@ from node.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
+STORE_RETRY_S = 1.0          # how often a worker tries an unreachable job store again
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 class ProgressReporter:
     """Thread-safe progress callback: throttled progress events, handed to the loop through the bridge."""
@@ -59,12 +66,32 @@ class Worker:
         bell = self._store.bus.doorbell()
         while True:
             bell.clear()             # before the claim, so a job queued meanwhile rings it again
-            claimed = await self._store.claim_next()
+            try:
+                claimed = await self._store.claim_next()
+            except Exception as exc:   # edge: the job store is unreachable (a database restart); try again
+                logger.warning("worker: cannot claim a job (%s); retrying", _reason(exc))
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
             if claimed is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(bell.wait(), timeout=self._poll_s)
                 continue
-            await self.process(claimed[0])
+            try:
+                await self.process(claimed[0])
+            except Exception as exc:   # edge: the store failed while recording the outcome
+                logger.warning("job %s: the job store failed while recording it (%s); requeueing it",
+                               claimed[0].id, _reason(exc))
+                await self._requeue_when_the_store_is_back(claimed[0])
+
+    async def _requeue_when_the_store_is_back(self, job: JobView) -> None:
+        """Back to the queue (or left as it is, if it got further), retrying until the store answers."""
+        while True:
+            try:
+                await self._store.advance(job.id, JobState.QUEUED, "requeued: the job store was unavailable")
+                return
+            except Exception as exc:   # edge: still unreachable
+                logger.debug("job %s: requeue failed (%s); retrying", job.id, _reason(exc))
+                await asyncio.sleep(STORE_RETRY_S)
 
     async def process(self, job: JobView) -> None:
         progress = ProgressReporter(LoopBridge(asyncio.get_running_loop()), self._store, job.id)

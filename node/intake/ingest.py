@@ -45,10 +45,15 @@ class Ingest:
     async def route_stable(self) -> int:
         """Route every intake that has been quiet long enough; return how many were routed."""
         stable = self._assembler.pop_stable()
-        for intake_id in stable:
-            series = await self._store.series_of_intake(intake_id)
-            outcome = route(series, self._rules)
-            events = await self._store.route_intake(intake_id, outcome, series)
+        for i, intake_id in enumerate(stable):
+            try:
+                series = await self._store.series_of_intake(intake_id)
+                outcome = route(series, self._rules)
+                events = await self._store.route_intake(intake_id, outcome, series)
+            except BaseException:       # e.g. the database restarting: these intakes are routed after another
+                for pending in stable[i:]:  # quiet period, not forgotten until the next start
+                    self._assembler.instance_received(pending)
+                raise
             await self._fail_unavailable(outcome.decisions, events)
         return len(stable)
 
@@ -74,8 +79,10 @@ class Ingest:
             self._wake.clear()
             try:
                 await self.route_stable()
-            except Exception:          # edge of a background task: log it, keep ingesting
-                logger.exception("routing stable studies failed; will retry")
+            except Exception as exc:   # edge of a background task: log it, keep ingesting
+                logger.warning("routing stable studies failed (%s: %s); will retry", type(exc).__name__,
+                               str(exc).splitlines()[0] if str(exc) else "")
+                logger.debug("routing failure", exc_info=True)
                 await asyncio.sleep(1.0)
 
     async def recover(self) -> None:

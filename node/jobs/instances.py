@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -13,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
+from node.jobs.engine import one_writer_sync, sqlite_pragmas
 from node.jobs.models import Instance, Job, JobEventRow, utcnow
 from node.jobs.records import InstanceRecord, JobEvent, RecordOutcome
 from node.jobs.states import JobState
@@ -21,17 +21,6 @@ from node.jobs.writelock import WriterLock
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL survives a process crash; after a power cut the spool files (fsynced before
-    # the row) are reconciled into the store at start-up.
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
 
 
 class InstanceWriter:
@@ -116,6 +105,7 @@ class InstanceWriter:
     def _write(self, conn: Connection, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
         """The rows of one batch, in SQLAlchemy Core within the caller's transaction."""
         insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+        one_writer_sync(conn)
         outcomes: list[RecordOutcome] = []
         added: dict[str, int] = {}
         instances = Instance.__table__

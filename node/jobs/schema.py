@@ -1,66 +1,77 @@
-"""Bring a job store made by an older Segnode up to the current tables: additive changes only.
+"""The job store's schema version: Alembic migrations (node/jobs/migrations/versions), applied in place.
 
-New tables are created; a column a newer Segnode added is added with its default, so the data
-already recorded (instances, jobs, events, audit) stays where it is. Anything else (a column
-removed or changed) is refused with a message that says what to do, never guessed at.
+`upgrade` runs at every start and from `segnode db upgrade`: a new database gets the tables, a store from
+an older release (with or without an alembic_version table) is migrated with its rows kept. A store
+upgraded by a newer Segnode is refused with a message, never guessed at.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import Column, Connection, inspect, text
-from sqlalchemy.schema import CreateColumn
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, text
 
 from node.errors import ConfigError
-from node.jobs.models import Base
 
 logger = logging.getLogger(__name__)
 
-
-def _literal(column: Column[Any]) -> str | None:
-    """The SQL default for an added NOT NULL column, from the model's Python default; None if there is none."""
-    default = column.default
-    if default is None:
-        return None
-    value = default.arg
-    if callable(value):                  # SQLAlchemy wraps `default=list` as a one-argument callable
-        try:
-            value = value(None)
-        except TypeError:
-            return None
-    if isinstance(value, (list, dict)):
-        value = json.dumps(value)
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return None
+MIGRATIONS = Path(__file__).with_name("migrations")
+_PG_LOCK_KEY = 0x5E600DE       # pg_advisory_xact_lock: two nodes starting at once migrate one after the other
 
 
-def upgrade(conn: Connection) -> list[str]:
-    """Create missing tables and add missing columns; return what was added ("table.column")."""
-    Base.metadata.create_all(conn)
-    insp = inspect(conn)
-    added = []
-    for table in Base.metadata.sorted_tables:
-        present = {c["name"] for c in insp.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            ddl = str(CreateColumn(column).compile(dialect=conn.dialect))
-            if not column.nullable:
-                literal = _literal(column)
-                if literal is None:
-                    raise ConfigError(f"the job store lacks {table.name}.{column.name}, which has no default to fill "
-                                      f"old rows with; move the [store] database aside to start a new one")
-                ddl += f" DEFAULT {literal}"
-            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
-            added.append(f"{table.name}.{column.name}")
-    if added:
-        logger.warning("job store made by an older Segnode: added column(s) %s", ", ".join(added))
-    return added
+@dataclass(frozen=True, slots=True)
+class SchemaChange:
+    """Where the store's schema was before `upgrade` (None: no Alembic revision yet) and is now."""
+
+    before: str | None
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def describe(self) -> str:
+        if not self.changed:
+            return f"schema at revision {self.after} (up to date)"
+        return f"schema upgraded from revision {self.before or 'none'} to {self.after}"
+
+
+def _config(conn: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head() -> str:
+    """The newest revision this Segnode knows."""
+    rev = ScriptDirectory.from_config(_config()).get_current_head()
+    assert rev is not None, "node/jobs/migrations has no revisions"
+    return rev
+
+
+def current(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(conn: Connection) -> SchemaChange:
+    """Migrate the store on `conn` to `head()`, in the caller's transaction; ConfigError if it is newer."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+    before = current(conn)
+    known = {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
+    if before is not None and before not in known:
+        raise ConfigError(f"the job store is at revision {before}, made by a newer Segnode than this one "
+                          f"(newest known: {head()}); run that version, or restore a backup")
+    try:
+        command.upgrade(_config(conn), "head")
+    except CommandError as exc:
+        raise ConfigError(f"cannot upgrade the job store: {exc}") from None
+    return SchemaChange(before, head())

@@ -8,24 +8,34 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from node.bridge import LoopBridge
-from node.errors import InvalidTransition, JobNotFound
+from node.errors import InvalidTransition, JobNotFound, StoreUnavailable
+from node.jobs.engine import make_engine, one_writer
 from node.jobs.events import EventBus
-from node.jobs.instances import InstanceWriter, new_id, sqlite_pragmas
+from node.jobs.instances import InstanceWriter, new_id
 from node.jobs.models import AuditRow, Job, JobEventRow, utcnow
 from node.jobs.queries import JobReads
 from node.jobs.records import Delivery, InstanceRecord, JobEvent, JobResults, JobView, RecordOutcome
 from node.jobs.routing import RoutingOutcome, SeriesInfo
+from node.jobs.schema import SchemaChange
 from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
 from node.jobs.writelock import WriterLock
+from node.settings import mask_url
 
 logger = logging.getLogger(__name__)
 
 AfterRecord = Callable[[RecordOutcome], None]
+
+
+async def migrate(engine: AsyncEngine) -> SchemaChange:
+    """Bring the database behind `engine` to the newest schema revision, in one transaction."""
+    async with engine.begin() as conn:
+        return await conn.run_sync(upgrade_schema)
 
 
 class JobStore(JobReads):
@@ -49,12 +59,18 @@ class JobStore(JobReads):
     @classmethod
     async def open(cls, url: str, bus: EventBus | None = None, *, record_timeout_s: float = 10.0,
                    in_thread_writes: bool = True) -> JobStore:
-        """Connect, bring the tables up to date, and return the store (on the running loop)."""
-        engine = create_async_engine(url)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", sqlite_pragmas)
-        async with engine.begin() as conn:
-            await conn.run_sync(upgrade_schema)
+        """Connect, migrate the schema to the newest revision (logged), and return the store (on the running loop)."""
+        engine = make_engine(url, connect_timeout_s=min(record_timeout_s, 10.0))
+        try:
+            change = await migrate(engine)
+        except (OSError, DBAPIError) as exc:
+            await engine.dispose()
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StoreUnavailable(f"cannot open the job store {mask_url(url)}: {reason}") from exc
+        except BaseException:
+            await engine.dispose()
+            raise
+        logger.info("job store %s: %s", mask_url(url), change.describe())
         return cls(engine, bus or EventBus(), record_timeout_s=record_timeout_s, in_thread_writes=in_thread_writes)
 
     async def close(self) -> None:
@@ -64,6 +80,7 @@ class JobStore(JobReads):
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
         async with self.writer_lock.hold(), self._session() as s, s.begin():
+            await one_writer(s)
             yield s
 
     def _published(self, events: Sequence[JobEvent]) -> list[JobEvent]:

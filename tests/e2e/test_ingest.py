@@ -72,8 +72,9 @@ def test_an_unsupported_sop_class_is_refused_at_negotiation(start_node: Callable
     assert node.spooled() == []
 
 
-def test_kill_9_right_after_success_loses_nothing(start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
-    node = start_node(dicom__study_quiet_period_s="30")
+def test_kill_9_right_after_success_loses_nothing(start_node: Callable[..., NodeProcess], tmp_path: Path,
+                                                 store_url: str) -> None:
+    node = start_node(dicom__study_quiet_period_s="30", store__url=store_url)
     ids = SeriesIds()
     folder = write_series(tmp_path / "ct", slices=100, rows=96, ids=ids)[0].parent
     assert storescu(node.dicom_port, folder).returncode == 0

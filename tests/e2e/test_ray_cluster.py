@@ -16,6 +16,7 @@ from node.synth.series import write_series
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import REPO, free_port
 from tests.peers.node_process import NodeProcess
+from tests.peers.postgres import PostgresServer
 from tests.peers.ray_cluster import RayHead
 
 RULE = '[[rules]]\nname = "ct"\nmodel = "ct-basic"\ndestinations = []\n'
@@ -30,11 +31,13 @@ def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RayHea
 
 
 def test_a_study_runs_to_done_on_a_ray_cluster_with_one_actor_per_gpu(
-        ray_head: RayHead, start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+        ray_head: RayHead, start_node: Callable[..., NodeProcess], tmp_path: Path, postgres: PostgresServer) -> None:
+    """The README's scale-out recipe as written: a Ray cluster by address and the job store on PostgreSQL."""
     # the head declares 2 GPUs (Ray's resources are logical); workers = 0 asks for one actor per GPU.
     # The model itself runs on the CPU: torch finds no CUDA here, and device "auto" falls back.
     node = start_node("node", RULE, compute__backend="ray", compute__ray_address=ray_head.address,
-                      compute__workers="0", compute__ray_gpus_per_actor="1", node__log_level="INFO")
+                      compute__workers="0", compute__ray_gpus_per_actor="1", node__log_level="INFO",
+                      store__url=postgres.new_database())
     health = node.get("/api/health")
     assert health["compute"]["backend"] == "ray"
     assert health["compute"]["placement"] == \
@@ -46,6 +49,7 @@ def test_a_study_runs_to_done_on_a_ray_cluster_with_one_actor_per_gpu(
     kinds = sorted(f["kind"] for f in detail["results"]["files"])
     assert kinds == ["seg", "sr"]
     assert any("Ray actor" in e["detail"] for e in detail["events"]), detail["events"]
+    assert node.get("/api/health")["store"] == {"ok": True, "database": "postgresql"}
     assert f"inference on the Ray cluster at {ray_head.address}" in node.log()
     node.stop()
     assert ray_head.alive, "stopping the node must not stop the cluster it used"

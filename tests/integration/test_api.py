@@ -23,8 +23,10 @@ ADMIN, VIEWER = "admin=" + "a" * 24, "viewer=" + "v" * 24
 
 
 @pytest.fixture
-async def api(tmp_path: Path):
-    n = Node(node_settings(tmp_path))
+async def api(tmp_path: Path, request: pytest.FixtureRequest):
+    """A node and an HTTP session to it; a test may ask for the PostgreSQL store (indirect "postgresql")."""
+    url = request.getfixturevalue("postgres").new_database() if getattr(request, "param", "") == "postgresql" else ""
+    n = Node(node_settings(tmp_path, store__url=url))
     await n.start()
     async with aiohttp.ClientSession(f"http://127.0.0.1:{n.http_port}") as http:
         yield n, http
@@ -62,6 +64,7 @@ async def test_websocket_snapshot_then_every_event_of_a_study_in_order(api) -> N
     assert all(m["study_instance_uid"] == ds[0].StudyInstanceUID for m in msgs)
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 async def test_a_client_reconnecting_with_since_misses_nothing_and_gets_nothing_twice(api) -> None:
     node, http = api
     ds = series()

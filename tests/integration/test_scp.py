@@ -20,7 +20,8 @@ from tests.peers.scu import NODELAY, scu, send
 from tests.peers.settings import node_settings
 
 
-async def test_a_series_is_stored_recorded_queued_and_segmented(node: Node, ct_series: list[Dataset]) -> None:
+async def test_a_series_is_stored_recorded_queued_and_segmented(store_node: Node, ct_series: list[Dataset]) -> None:
+    node = store_node
     statuses = await send(node, ct_series)
     assert {s.Status for s in statuses} == {StoreStatus.SUCCESS}
     spooled = sorted(node.spool.iter_instances())
@@ -39,7 +40,8 @@ async def test_a_series_is_stored_recorded_queued_and_segmented(node: Node, ct_s
     assert "queued" in states
 
 
-async def test_a_resent_instance_is_acknowledged_and_kept_once(node: Node, ct_series: list[Dataset]) -> None:
+async def test_a_resent_instance_is_acknowledged_and_kept_once(store_node: Node, ct_series: list[Dataset]) -> None:
+    node = store_node
     statuses = await send(node, ct_series[:2] + ct_series[:2])
     assert [s.Status for s in statuses] == [0, 0, 0, 0]
     assert await node.store.instance_count() == 2
@@ -193,8 +195,8 @@ async def test_instances_of_two_studies_make_two_jobs(node: Node, ct_series: lis
 
 
 async def test_a_busy_job_store_answers_out_of_resources_and_the_resend_is_kept(
-        tmp_path: Path, ct_series: list[Dataset]) -> None:
-    node = Node(node_settings(tmp_path, dicom__record_timeout_s="0.5"))
+        tmp_path: Path, ct_series: list[Dataset], store_url: str) -> None:
+    node = Node(node_settings(tmp_path, dicom__record_timeout_s="0.5", store__url=store_url))
     await node.start()
     try:
         async with node.store.writer_lock.hold():             # another writer holds the store past the timeout

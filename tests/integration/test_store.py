@@ -1,25 +1,21 @@
 import asyncio
 import threading
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
 from node.errors import InvalidTransition, JobNotFound
-from node.jobs.records import Delivery, InstanceRecord, JobResults, RecordOutcome, ResultFile
+from node.jobs.records import Delivery, JobResults, RecordOutcome, ResultFile
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
-
-
-def rec(sop: str, study: str = "1.2.3", series: str = "1.2.3.4", modality: str = "CT") -> InstanceRecord:
-    return InstanceRecord(sop_instance_uid=sop, study_instance_uid=study, series_instance_uid=series,
-                          sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-                          path=f"/spool/{sop}.dcm", size=10, calling_ae="SCANNER", modality=modality)
+from tests.peers.records import rec
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    """A new, empty store on each backend (SQLite, PostgreSQL)."""
+    s = await JobStore.open(store_url)
     yield s
     await s.close()
 
@@ -106,8 +102,8 @@ async def test_the_done_event_says_which_series_each_destination_now_holds(store
     assert store.bus.subscriber_count == 0
 
 
-async def test_running_jobs_are_requeued_after_a_restart(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+async def test_running_jobs_are_requeued_after_a_restart(store_url: str) -> None:
+    url = store_url
     s = await JobStore.open(url)
     intake = (await s.record_instance(rec("1.1"))).intake_id
     await s.transition(intake, JobState.QUEUED)
@@ -153,11 +149,12 @@ async def test_a_writer_cancelled_while_waiting_for_the_lock_does_not_keep_it(st
     assert (await asyncio.to_thread(store.record_instance_blocking, rec("1.3"))).intake_id == outcome.intake_id
 
 
-@pytest.mark.parametrize("in_thread_writes", [True, False], ids=["sqlite-in-thread", "through-the-loop"])
-async def test_an_association_thread_records_and_the_loop_hears_of_it(tmp_path: Path, in_thread_writes: bool) -> None:
-    """Both ways an association thread records an instance (the second is PostgreSQL's) commit the row,
-    publish its events and then run the caller's callback on the loop."""
-    store = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}", in_thread_writes=in_thread_writes)
+@pytest.mark.parametrize(("store_url", "in_thread_writes"), [("sqlite", True), ("sqlite", False), ("postgresql", True)],
+                         ids=["sqlite-in-thread", "sqlite-through-the-loop", "postgresql"], indirect=["store_url"])
+async def test_an_association_thread_records_and_the_loop_hears_of_it(store_url: str, in_thread_writes: bool) -> None:
+    """Both ways an association thread records an instance (in the thread with SQLite; through the loop
+    otherwise, always with PostgreSQL) commit the row, publish its events and then run the callback on the loop."""
+    store = await JobStore.open(store_url, in_thread_writes=in_thread_writes)
     loop = asyncio.get_running_loop()
     heard: asyncio.Queue[RecordOutcome] = asyncio.Queue()
     sub = store.bus.subscribe()
@@ -179,25 +176,52 @@ async def test_an_association_thread_records_and_the_loop_hears_of_it(tmp_path: 
         await store.close()
 
 
-async def test_a_store_made_by_an_older_segnode_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
-    import sqlite3
-    db = tmp_path / "jobs.db"
-    first = await JobStore.open(f"sqlite+aiosqlite:///{db}")
-    intake = (await first.record_instance(rec("1.1"))).intake_id
-    await first.close()
-    with sqlite3.connect(db) as old:              # as an older release left it: no patient columns, no audit
-        old.execute("ALTER TABLE jobs DROP COLUMN patient_name")
-        old.execute("ALTER TABLE jobs DROP COLUMN patient_id")
-        old.execute("DROP TABLE audit_events")
-    store = await JobStore.open(f"sqlite+aiosqlite:///{db}")
+async def _queued_jobs(store: JobStore, n: int) -> set[str]:
+    ids = set()
+    for i in range(n):
+        intake = (await store.record_instance(rec(f"5.{i}", study=f"8.{i}"))).intake_id
+        await store.transition(intake, JobState.QUEUED)
+        ids.add(intake)
+    return ids
+
+
+async def _claim_all(store: JobStore) -> list[str]:
+    got = []
+    while (claimed := await store.claim_next()) is not None:
+        got.append(claimed[0].id)
+    return got
+
+
+async def test_two_workers_racing_never_claim_the_same_job(store: JobStore) -> None:
+    queued = await _queued_jobs(store, 12)
+    first, second = await asyncio.gather(_claim_all(store), _claim_all(store))
+    assert sorted(first + second) == sorted(queued)          # each job exactly once
+    assert {(await store.get(j)).attempts for j in queued} == {1}
+
+
+async def test_two_node_processes_on_one_postgresql_never_claim_the_same_job(postgres) -> None:
+    """Two stores with their own engines and locks stand for two node processes sharing the database."""
+    url = postgres.new_database()
+    one, two = await JobStore.open(url), await JobStore.open(url)
     try:
-        job = await store.get(intake)
-        assert (job.state, job.instance_count) == ("receiving", 1)
-        assert (await store.record_instance(rec("1.2"))).intake_id == intake
-        assert (await store.get(intake)).instance_count == 2
-        with sqlite3.connect(db) as check:
-            names = {row[1] for row in check.execute("PRAGMA table_info(jobs)")}
-            assert {"patient_name", "patient_id"} <= names
-            assert check.execute("SELECT patient_name FROM jobs WHERE id = ?", (intake,)).fetchone() == ("",)
+        queued = await _queued_jobs(one, 16)
+        claims = await asyncio.gather(_claim_all(one), _claim_all(two), _claim_all(one), _claim_all(two))
+        everything = [j for c in claims for j in c]
+        assert sorted(everything) == sorted(queued)
+        assert all(claims), "both processes should have claimed some jobs"
+        running = [e for e in await one.events() if e.state == "running"]
+        assert len(running) == 16
+        seqs = [e.seq for e in await two.events()]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     finally:
-        await store.close()
+        await one.close()
+        await two.close()
+
+
+async def test_audit_rows_are_kept_newest_first(store: JobStore) -> None:
+    await store.audit("alice", "admin", "download seg", job_id="j1", study_instance_uid="1.2", remote="127.0.0.1")
+    await store.audit("ohif", "viewer", "list jobs")
+    log = await store.audit_log()
+    assert [(r["actor"], r["role"], r["action"]) for r in log] == [("ohif", "viewer", "list jobs"),
+                                                                   ("alice", "admin", "download seg")]
+    assert log[1]["job_id"] == "j1" and log[1]["at"].endswith("+00:00")

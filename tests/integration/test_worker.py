@@ -43,13 +43,16 @@ model = "ct-basic"
 
 
 @pytest.fixture
-async def wnode(tmp_path: Path, models_dir: Path):
-    n = Node(node_settings(tmp_path, RULES, models__dir=str(models_dir)))
+async def wnode(tmp_path: Path, models_dir: Path, request: pytest.FixtureRequest):
+    """A node with the suite's bundles; a test may ask for the PostgreSQL store (indirect "postgresql")."""
+    url = request.getfixturevalue("postgres").new_database() if getattr(request, "param", "") == "postgresql" else ""
+    n = Node(node_settings(tmp_path, RULES, models__dir=str(models_dir), store__url=url))
     await n.start()
     yield n
     await n.stop()
 
 
+@pytest.mark.parametrize("wnode", ["sqlite", "postgresql"], indirect=True)
 async def test_a_ct_study_becomes_a_label_map_with_measurements(wnode: Node) -> None:
     p = make_phantom(slices=30, rows=96, seed=8)
     ds = phantom_datasets(p, SeriesIds())

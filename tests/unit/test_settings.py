@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import ConfigError
-from node.settings import DEFAULTS_FILE, load_settings
+from node.settings import DEFAULTS_FILE, load_settings, mask_url
 
 
 def test_embedded_defaults_match_the_design() -> None:
@@ -75,6 +75,27 @@ def test_store_password_is_masked_in_the_description() -> None:
     s = load_settings(env={"SEGNODE_STORE__URL": "postgresql+asyncpg://segnode:s3cret@db/segnode"})
     assert "s3cret" not in str(s.describe())
     assert s.describe()["store"]["url"] == "postgresql+asyncpg://segnode:***@db/segnode"
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgresql+asyncpg://segnode@db/segnode", "postgresql+asyncpg://segnode@db/segnode"),
+    ("postgresql+asyncpg://db:5433/seg?user=s&password=pw&ssl=require",
+     "postgresql+asyncpg://db:5433/seg?user=s&password=***&ssl=require"),
+])
+def test_a_url_without_a_password_is_shown_as_it_is_and_a_query_password_is_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_a_password_in_a_config_file_is_refused_but_the_environment_may_hold_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "site.toml"
+    cfg.write_text('[store]\nurl = "postgresql+asyncpg://segnode:s3cret@db/segnode"\n')
+    with pytest.raises(ConfigError, match=r"holds a password \(postgresql\+asyncpg://segnode:\*\*\*@db/segnode\); "
+                                          r"put the whole URL in SEGNODE_STORE__URL") as caught:
+        load_settings(cfg, env={})
+    assert "s3cret" not in str(caught.value)
+    cfg.write_text('[store]\nurl = "postgresql+asyncpg://segnode@db/segnode"\n')
+    env = {"SEGNODE_STORE__URL": "postgresql+asyncpg://segnode:s3cret@db/segnode"}
+    assert load_settings(cfg, env=env).store_url == env["SEGNODE_STORE__URL"]
 
 
 @pytest.mark.parametrize(("env", "cpus"), [
