@@ -18,9 +18,9 @@ from tests.peers.helpers import async_wait_until
 NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
 
 
-def scu(calling: str = "SCANNER") -> AE:
+def scu(calling: str = "SCANNER", timeout_s: float = 10) -> AE:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop in (CTImageStorage, MRImageStorage, RTPlanStorage):
         ae.add_requested_context(sop, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
@@ -42,8 +42,8 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
     return await asyncio.to_thread(run)
 
 
-def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE",
-                  calling: str = "SCANNER") -> list[Dataset | None]:
+def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE", calling: str = "SCANNER",
+                  timeout_s: float = 10) -> list[Dataset | None]:
     """C-STORE each file's bytes exactly as they are on disk (no decode, no re-encode), blocking.
 
     None for a file the association could not carry (it was aborted); the next file gets a new one.
@@ -54,7 +54,7 @@ def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE",
     try:
         for path in paths:
             if assoc is None or not assoc.is_established:
-                assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title=called)
+                assoc = scu(calling, timeout_s).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title=called)
                 assert assoc.is_established, "association was not accepted"
             status = assoc.send_c_store(path)
             out.append(status if status else None)
