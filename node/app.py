@@ -24,6 +24,7 @@ from node.errors import ConfigError
 from node.fsutil import make_dirs
 from node.intake.assembly import StudyAssembler
 from node.intake.ingest import Ingest
+from node.intake.receiver import AsyncStorageSCP
 from node.intake.scp import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import EventBus
@@ -52,7 +53,7 @@ class Node:
         self.store: JobStore | None = None
         self.spool: Spool | None = None
         self.ingest: Ingest | None = None
-        self.scp: StorageSCP | None = None
+        self.scp: StorageSCP | AsyncStorageSCP | None = None
         self.registry: ModelRegistry | None = None
         self._window = SlidingWindow()
         self.backend: Backend | None = None
@@ -75,12 +76,13 @@ class Node:
         backend = await self._start_compute(self.store, registry)
         outbox = self._start_delivery(self.store)
         assert self.spool is not None and self.registry is not None
-        self.scp = StorageSCP(s.dicom, self.spool, ingest.record)
+        self.scp = (AsyncStorageSCP(s.dicom, self.spool, ingest.record_async) if s.dicom.receiver == "asyncio"
+                    else StorageSCP(s.dicom, self.spool, ingest.record))
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,
                                                    self.workers, outbox), websockets)
         await self._start_web(self.store, self.service, websockets)
-        await asyncio.to_thread(self.scp.start)
+        await self.scp.start()
         logger.info("segnode ready: DICOM %s on port %d, HTTP http://%s:%d, data in %s", s.dicom.ae_title,
                     self.scp.port, s.http.host, self.http_port, s.node.data_path)
 
@@ -166,7 +168,7 @@ class Node:
     async def stop(self) -> None:
         """Stop accepting associations, let in-flight stores finish, then close everything."""
         if self.scp is not None:
-            await asyncio.to_thread(self.scp.stop)      # the loop keeps running so in-flight records commit
+            await self.scp.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -63,8 +63,11 @@ class DicomSettings:
     shutdown_grace_s: float = 30.0
     max_matrix: int = 8192
     max_frames: int = 5000
+    receiver: str = "asyncio"               # "asyncio" (built for throughput) or "pynetdicom" (threads)
 
     def __post_init__(self) -> None:
+        if self.receiver not in ("asyncio", "pynetdicom"):
+            raise ConfigError(f"[dicom] receiver must be \"asyncio\" or \"pynetdicom\", got {self.receiver!r}")
         if not _is_ae_title(self.ae_title):
             raise ConfigError(f"[dicom] ae_title must be 1-16 printable ASCII characters without '\\', got "
                               f"{self.ae_title!r}; set it in the --config file or SEGNODE_DICOM__AE_TITLE")

@@ -88,9 +88,10 @@ class JobStore(JobReads):
         return list(events)
 
     # -- instances ------------------------------------------------------------------------------
-    async def record_instance(self, rec: InstanceRecord) -> RecordOutcome:
-        """Add a received instance to its study's open intake job (created if none). Idempotent per SOP UID."""
-        return await self._record_then(rec, None)
+    async def record_instance(self, rec: InstanceRecord, then: AfterRecord | None = None) -> RecordOutcome:
+        """Add a received instance to its study's open intake job (created if none). Idempotent per SOP UID.
+        Concurrent calls share one transaction (group commit); `then(outcome)` runs on the loop after it."""
+        return await self._record_then(rec, then)
 
     def record_instance_blocking(self, rec: InstanceRecord, then: AfterRecord | None = None) -> RecordOutcome:
         """record_instance for a non-loop thread (a pynetdicom association); `then(outcome)` runs on the loop.

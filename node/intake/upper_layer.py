@@ -1,0 +1,195 @@
+"""The DICOM upper layer for an acceptor (PS3.8), on asyncio streams: PDU framing, association
+negotiation and DIMSE messages. The PDUs, presentation-context negotiation and DIMSE encoders and
+decoders are pynetdicom's (imported, not copied); only the reading loop is ours, with no polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, A_RELEASE_RP, P_DATA_TF
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    A_P_ABORT,
+    A_RELEASE,
+    P_DATA,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = 1, 2, 3, 4, 5, 6, 7
+MAX_ASSOCIATE_RQ_BYTES = 2**20               # an A-ASSOCIATE-RQ is a few KB; more is not a peer we talk to
+
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4
+REJECT_CALLING_AE = (1, 1, 3)
+REJECT_CALLED_AE = (1, 1, 7)
+REJECT_APPLICATION_CONTEXT = (1, 1, 2)
+REJECT_PROTOCOL_VERSION = (1, 2, 2)
+REJECT_TOO_MANY = (2, 3, 2)                  # transient, service provider (presentation), local limit exceeded
+
+
+class ProtocolError(Exception):
+    """The peer broke PS3.8 (unexpected or malformed PDU): the association is aborted."""
+
+
+async def read_pdu(reader: asyncio.StreamReader, max_body: int) -> tuple[int, bytes]:
+    """One PDU: its type and its body (after the 6-byte header). Raises ProtocolError above `max_body`,
+    asyncio.IncompleteReadError when the peer closes mid-PDU."""
+    header = await reader.readexactly(6)
+    length = int.from_bytes(header[2:6], "big")
+    if length > max_body:
+        raise ProtocolError(f"PDU type {header[0]} of {length} bytes exceeds the {max_body} byte limit")
+    return header[0], await reader.readexactly(length)
+
+
+def whole(pdu_type: int, body: bytes) -> bytes:
+    return bytes((pdu_type, 0)) + len(body).to_bytes(4, "big") + body
+
+
+def pdvs(body: bytes) -> Iterator[tuple[int, bytes]]:
+    """The presentation data values of a P-DATA-TF body: (context ID, control header + fragment)."""
+    offset, end = 0, len(body)
+    while offset < end:
+        if offset + 6 > end:
+            raise ProtocolError("P-DATA-TF item header cut short")
+        length = int.from_bytes(body[offset:offset + 4], "big")
+        if length < 2 or offset + 4 + length > end:
+            raise ProtocolError(f"P-DATA-TF item length {length} does not fit the PDU")
+        yield body[offset + 4], body[offset + 5:offset + 4 + length]
+        offset += 4 + length
+
+
+@dataclass(slots=True)
+class Negotiated:
+    """An accepted association: who called, the accepted contexts by ID, the peer's max PDU."""
+    calling_ae: str
+    contexts: dict[int, PresentationContext]
+    peer_max_pdu: int
+    message: DIMSEMessage = field(default_factory=DIMSEMessage)
+
+
+def requested(body: bytes) -> A_ASSOCIATE:
+    """Decode an A-ASSOCIATE-RQ body with pynetdicom's PDU decoder; ProtocolError if it cannot."""
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(whole(ASSOCIATE_RQ, body))
+        primitive = pdu.to_primitive()
+    except Exception as exc:
+        raise ProtocolError(f"undecodable A-ASSOCIATE-RQ ({type(exc).__name__})") from None
+    if not pdu.protocol_version & 1:
+        raise ProtocolError("protocol version 1 not offered")
+    return primitive
+
+
+def reject_reason(rq: A_ASSOCIATE, ae_title: str, allowed: Sequence[str], require_called: bool) -> tuple[int, ...]:
+    if str(rq.application_context_name) != APPLICATION_CONTEXT:
+        return REJECT_APPLICATION_CONTEXT
+    if allowed and rq.calling_ae_title.strip() not in [a.strip() for a in allowed]:
+        return REJECT_CALLING_AE
+    if require_called and rq.called_ae_title.strip() != ae_title.strip():
+        return REJECT_CALLED_AE
+    return ()
+
+
+def reject(rq: A_ASSOCIATE, reason: tuple[int, ...]) -> bytes:
+    rsp = A_ASSOCIATE()
+    rsp.result, rsp.result_source, rsp.diagnostic = reason
+    return A_ASSOCIATE_RJ(rsp).encode()
+
+
+def accept(rq: A_ASSOCIATE, supported: list[PresentationContext], max_pdu: int) -> tuple[bytes, Negotiated]:
+    """Negotiate the contexts (pynetdicom's rules) and encode the A-ASSOCIATE-AC."""
+    roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in rq.user_information
+             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+    result, ac_roles = negotiate_as_acceptor(rq.presentation_context_definition_list, supported, roles or None)
+    peer_max = next((item.maximum_length_received for item in rq.user_information
+                     if isinstance(item, MaximumLengthNotification)), 0) or 0
+    rsp = A_ASSOCIATE()
+    rsp.application_context_name = APPLICATION_CONTEXT
+    rsp.calling_ae_title, rsp.called_ae_title = rq.calling_ae_title, rq.called_ae_title
+    rsp.result, rsp.result_source = 0, 1
+    rsp.presentation_context_definition_results_list = result
+    length, impl_uid, impl_name = (MaximumLengthNotification(), ImplementationClassUIDNotification(),
+                                   ImplementationVersionNameNotification())
+    length.maximum_length_received = max_pdu
+    impl_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    impl_name.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    rsp.user_information = [length, impl_uid, impl_name, *ac_roles]
+    contexts = {int(cx.context_id): cx for cx in result if cx.result == 0}
+    return A_ASSOCIATE_AC(rsp).encode(), Negotiated(rq.calling_ae_title.strip(), contexts, int(peer_max))
+
+
+def abort(reason: int = 0) -> bytes:
+    """An A-ABORT from the service provider: 0 not specified, 2 unexpected PDU (PS3.8 9.3.8)."""
+    primitive = A_P_ABORT()
+    primitive.provider_reason = reason
+    return A_ABORT_RQ(primitive).encode()
+
+
+def release_reply() -> bytes:
+    primitive = A_RELEASE()
+    primitive.result = "affirmative"
+    return A_RELEASE_RP(primitive).encode()
+
+
+def feed(assoc: Negotiated, body: bytes) -> Iterator[tuple[int, C_STORE | C_ECHO | object]]:
+    """Add a P-DATA-TF body to the message being received; yield (context ID, primitive) per message
+    it completes. Command sets are decoded by pynetdicom's DIMSEMessage."""
+    for context_id, pdv in pdvs(body):
+        if context_id not in assoc.contexts:
+            raise ProtocolError(f"P-DATA on presentation context {context_id}, which was not accepted")
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = [[context_id, pdv]]
+        try:
+            complete = assoc.message.decode_msg(primitive)
+        except Exception as exc:
+            raise ProtocolError(f"undecodable DIMSE command ({type(exc).__name__})") from None
+        if complete:
+            message, assoc.message = assoc.message, DIMSEMessage()
+            yield int(message.context_id), message.message_to_primitive()
+
+
+def stored_file(request: C_STORE, transfer_syntax: str) -> bytes:
+    """The DICOM file of a C-STORE request: preamble, file meta (as pynetdicom builds it), dataset as sent."""
+    meta = create_file_meta(sop_class_uid=request.AffectedSOPClassUID,
+                            sop_instance_uid=request.AffectedSOPInstanceUID, transfer_syntax=transfer_syntax)
+    dataset = request.DataSet.getvalue() if isinstance(request.DataSet, BytesIO) else b""
+    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
+
+
+def store_reply(request: C_STORE, status: Dataset, context_id: int, peer_max_pdu: int) -> bytes:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = request.MessageID
+    rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+    rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+    rsp.Status = int(status.Status)
+    if "ErrorComment" in status:
+        rsp.ErrorComment = status.ErrorComment
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    return _encoded(message, context_id, peer_max_pdu)
+
+
+def echo_reply(request: C_ECHO, context_id: int, peer_max_pdu: int) -> bytes:
+    rsp = C_ECHO()
+    rsp.MessageIDBeingRespondedTo = request.MessageID
+    rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+    rsp.Status = 0x0000
+    message = C_ECHO_RSP()
+    message.primitive_to_message(rsp)
+    return _encoded(message, context_id, peer_max_pdu)
+
+
+def _encoded(message: DIMSEMessage, context_id: int, peer_max_pdu: int) -> bytes:
+    return b"".join(P_DATA_TF(p).encode() for p in message.encode_msg(context_id, peer_max_pdu))
