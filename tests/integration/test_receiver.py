@@ -1,0 +1,156 @@
+"""The asyncio receiver's upper layer against raw sockets and a pynetdicom SCU: ARTIM, DIMSE and idle
+timeouts, peers that vanish mid-PDU or abort, oversized PDUs, PDU sizes; both receivers store alike."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import CTImageStorage
+
+from node.app import Node
+from node.intake.dimse import StoreStatus
+from tests.peers.scu import NODELAY, scu, send
+from tests.peers.settings import node_settings
+
+TIMEOUTS = {"dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5", "dicom__network_timeout_s": "0.8"}
+
+
+@pytest.fixture
+async def quick_node(tmp_path: Path) -> AsyncIterator[Node]:
+    n = Node(node_settings(tmp_path, **TIMEOUTS))
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+def associate_rq(called: str = "SEGNODE") -> bytes:
+    rq = A_ASSOCIATE()
+    rq.application_context_name = "1.2.840.10008.3.1.1.1"
+    rq.calling_ae_title, rq.called_ae_title = "RAW", called
+    context = build_context(CTImageStorage)
+    context.context_id = 1
+    rq.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    rq.user_information = [length]
+    return A_ASSOCIATE_RQ(rq).encode()
+
+
+def raw(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the node sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def established(port: int) -> socket.socket:
+    sock = raw(port)
+    sock.sendall(associate_rq())
+    assert sock.recv(1)[0] == 0x02, "A-ASSOCIATE-AC expected"
+    sock.recv(65536)
+    return sock
+
+
+async def test_artim_closes_a_connection_that_never_asks(quick_node: Node) -> None:
+    sock = await asyncio.to_thread(raw, quick_node.scp.port)
+    data = await asyncio.to_thread(read_all, sock)          # the node closes it after acse_timeout_s
+    assert data == b"" or data[0] == 0x07
+
+
+async def test_an_idle_association_is_aborted(quick_node: Node) -> None:
+    sock = await asyncio.to_thread(established, quick_node.scp.port)
+    assert (await asyncio.to_thread(read_all, sock))[:1] == b"\x07"     # A-ABORT after network_timeout_s
+
+
+async def test_a_message_left_half_sent_is_aborted_after_the_dimse_timeout(quick_node: Node) -> None:
+    sock = await asyncio.to_thread(established, quick_node.scp.port)
+    pdv = b"\x01" + b"\x00" * 10                            # a command fragment, not the last one
+    item = (len(pdv) + 1).to_bytes(4, "big") + b"\x01" + pdv
+    sock.sendall(b"\x04\x00" + len(item).to_bytes(4, "big") + item)
+    assert (await asyncio.to_thread(read_all, sock))[:1] == b"\x07"
+
+
+async def test_a_peer_vanishing_mid_pdu_leaves_the_node_serving(quick_node: Node, ct_series: list[Dataset]) -> None:
+    sock = await asyncio.to_thread(established, quick_node.scp.port)
+    sock.sendall(b"\x04\x00\x00\x01\x00\x00" + b"\x00" * 100)  # says 65536 bytes, sends 100, goes away
+    sock.close()
+    assert {s.Status for s in await send(quick_node, ct_series[:2])} == {StoreStatus.SUCCESS}
+    assert await quick_node.store.instance_count() == 2
+
+
+async def test_a_pdu_above_the_limit_is_aborted(tmp_path: Path) -> None:
+    node = Node(node_settings(tmp_path, dicom__max_pdu_bytes="4096"))
+    await node.start()
+    try:
+        sock = await asyncio.to_thread(established, node.scp.port)
+        sock.sendall(b"\x04\x00" + (10**6).to_bytes(4, "big"))
+        assert (await asyncio.to_thread(read_all, sock))[:1] == b"\x07"
+    finally:
+        await node.stop()
+
+
+async def test_an_sender_abort_keeps_what_was_acknowledged(quick_node: Node, ct_series: list[Dataset]) -> None:
+    def run() -> list[int]:
+        assoc = scu().associate("127.0.0.1", quick_node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        statuses = [int(assoc.send_c_store(ds).Status) for ds in ct_series[:3]]
+        assoc.abort()
+        return statuses
+    assert await asyncio.to_thread(run) == [0, 0, 0]
+    assert {s.Status for s in await send(quick_node, ct_series[3:5])} == {StoreStatus.SUCCESS}
+    assert await quick_node.store.instance_count() == 5
+
+
+@pytest.mark.parametrize("max_pdu", ["4096", "16384", "1048576", "0"])
+async def test_every_pdu_size_stores_the_same_bytes(tmp_path: Path, ct_series: list[Dataset], max_pdu: str) -> None:
+    node = Node(node_settings(tmp_path, dicom__max_pdu_bytes=max_pdu))
+    await node.start()
+    try:
+        assert {s.Status for s in await send(node, ct_series[:3])} == {StoreStatus.SUCCESS}
+        stored = sorted(node.spool.iter_instances())
+    finally:
+        await node.stop()
+    assert len(stored) == 3
+
+
+@pytest.mark.parametrize("receiver", ["asyncio", "pynetdicom"])
+async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_series: list[Dataset],
+                                                          receiver: str) -> None:
+    node = Node(node_settings(tmp_path, dicom__receiver=receiver))
+    await node.start()
+    try:
+        bad = Dataset()
+        bad.update(ct_series[0])
+        bad.file_meta = ct_series[0].file_meta
+        del bad.PixelData
+        statuses = await send(node, [*ct_series[:2], bad])
+
+        def echo() -> int:
+            assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+            try:
+                return int(assoc.send_c_echo().Status)
+            finally:
+                assoc.release()
+        assert await asyncio.to_thread(echo) == 0
+        assert await node.store.instance_count() == 2
+    finally:
+        await node.stop()
+    assert [s.Status for s in statuses[:2]] == [StoreStatus.SUCCESS] * 2
+    assert statuses[2].Status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert statuses[2].ErrorComment == "image without Pixel Data"
