@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from node.tcp import on_conn_open
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess
 
 PHI_NAME, PHI_ID = "Xyzzy^Plugh", "PHI-MARKER-4711"
 
@@ -152,3 +154,21 @@ def test_compressed_instances_keep_their_pixels_bit_for_bit(start_node: Callable
         assert (got.pixel_array == by_uid[got.SOPInstanceUID].pixel_array).all()
 
 
+
+
+def test_orthanc_forwarding_a_study_is_received_whole(start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    node = start_node()
+    orthanc = OrthancProcess(tmp_path / "orthanc")
+    orthanc.config["DicomModalities"] = {"segnode": ["SEGNODE", "127.0.0.1", node.dicom_port]}
+    orthanc.start()
+    try:
+        paths = write_series(tmp_path / "s", slices=40, rows=64, ids=SeriesIds())
+        assert storescu(orthanc.dicom_port, paths, called="ORTHANC").returncode == 0
+        study_id = orthanc.get("/studies")[0]
+        job = orthanc._request("/modalities/segnode/store", data=json.dumps(
+            {"Resources": [study_id], "Synchronous": True}).encode(), method="POST")
+        assert job["InstancesCount"] == 40 and job["FailedInstancesCount"] == 0
+    finally:
+        orthanc.stop()
+    wait_until(lambda: node.get("/api/health")["instances_received"] == 40, 20, "every forwarded instance")
+    assert len(node.spooled()) == 40
