@@ -20,7 +20,8 @@ from node.intake.dimse import StoreStatus
 from tests.peers.scu import NODELAY, scu, send
 from tests.peers.settings import node_settings
 
-TIMEOUTS = {"dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5", "dicom__network_timeout_s": "0.8"}
+TIMEOUTS = {"dicom__receiver": "asyncio", "dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
+            "dicom__network_timeout_s": "0.8"}
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ async def test_a_peer_vanishing_mid_pdu_leaves_the_node_serving(quick_node: Node
 
 
 async def test_a_pdu_above_the_limit_is_aborted(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, dicom__max_pdu_bytes="4096"))
+    node = Node(node_settings(tmp_path, dicom__receiver="asyncio", dicom__max_pdu_bytes="4096"))
     await node.start()
     try:
         sock = await asyncio.to_thread(established, node.scp.port)
@@ -119,7 +120,7 @@ async def test_an_sender_abort_keeps_what_was_acknowledged(quick_node: Node, ct_
 
 @pytest.mark.parametrize("max_pdu", ["4096", "16384", "1048576", "0"])
 async def test_every_pdu_size_stores_the_same_bytes(tmp_path: Path, ct_series: list[Dataset], max_pdu: str) -> None:
-    node = Node(node_settings(tmp_path, dicom__max_pdu_bytes=max_pdu))
+    node = Node(node_settings(tmp_path, dicom__receiver="asyncio", dicom__max_pdu_bytes=max_pdu))
     await node.start()
     try:
         assert {s.Status for s in await send(node, ct_series[:3])} == {StoreStatus.SUCCESS}
