@@ -31,6 +31,7 @@ from node.jobs.schema import head as schema_head
 from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.results.dicom import write_dicom_results
+from node.results.preview import write_previews
 from node.service import NodeService, RunningParts
 from node.settings import Settings, mask_url
 from viewer_api.app import init_app
@@ -110,7 +111,7 @@ class Node:
 
     async def _start_compute(self, store: JobStore, registry: ModelRegistry) -> Backend:
         c, m, window = self.settings.compute, self.settings.models, self._window
-        writers = [write_basic_results, write_dicom_results]
+        writers = [write_basic_results, write_dicom_results, write_previews]
         if c.backend == "ray":
             self.backend = await asyncio.to_thread(functools.partial(
                 RayBackend, address=c.ray_address, num_cpus=c.ray_num_cpus, actors=c.workers,

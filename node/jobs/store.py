@@ -24,6 +24,7 @@ from node.jobs.routing import RoutingOutcome, SeriesInfo
 from node.jobs.schema import SchemaChange
 from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
+from node.jobs.stats import JobStats
 from node.jobs.writelock import WriterLock
 from node.settings import mask_url
 
@@ -38,7 +39,7 @@ async def migrate(engine: AsyncEngine) -> SchemaChange:
         return await conn.run_sync(upgrade_schema)
 
 
-class JobStore(JobReads):
+class JobStore(JobReads, JobStats):
     """Owns the job database (SQLAlchemy 2 async; SQLite WAL by default, PostgreSQL by URL).
 
     Every write goes through here, under one WriterLock; `_move` is the only place a job's state changes
