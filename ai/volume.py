@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
 
 from ai.errors import UnsuitableSeries
 
@@ -58,8 +59,9 @@ def _floats(value: object, n: int, what: str) -> np.ndarray:
 
 
 def _decode(ds: Dataset) -> np.ndarray:
+    """The stored values, decoded without caching them on `ds` (a cached copy per slice doubles a study)."""
     try:
-        return ds.pixel_array
+        return pixel_array(ds)
     except Exception as exc:         # pydicom raises several types; the reason is what matters
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"

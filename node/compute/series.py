@@ -15,6 +15,7 @@ from ai.errors import UnsuitableSeries
 from ai.measure import SegmentMeasurement, measure
 from ai.segmenter import Segmenter
 from ai.volume import Volume, volume_from_datasets
+from node.compute.memory import check_fits
 
 Progress = Callable[[float, str], None]
 
@@ -40,11 +41,29 @@ def read_series(items: Sequence[str | Path | bytes]) -> list[Dataset]:
     return out
 
 
+def check_memory(datasets: Sequence[Dataset], limit_mb: int) -> None:
+    """Refuse, up front and with the figures, a series that would need more memory than a job may have."""
+    if not datasets or not limit_mb:
+        return
+    first = datasets[0]
+    slices = int(first.get("NumberOfFrames", 1) or 1) if len(datasets) == 1 else len(datasets)
+    check_fits(slices, int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0), limit_mb)
+
+
+def drop_pixels(datasets: Sequence[Dataset]) -> None:
+    """Once the volume holds the voxels, the sources keep only their headers (what SEG and SR reference)."""
+    for d in datasets:
+        if "PixelData" in d:
+            del d.PixelData
+
+
 def segment_series(series_instance_uid: str, paths: Sequence[str | Path | bytes], model: Segmenter,
-                   progress: Progress) -> SeriesResult:
+                   progress: Progress, max_memory_mb: int = 0) -> SeriesResult:
     progress(0.02, "loading images")
     datasets = read_series(paths)
+    check_memory(datasets, max_memory_mb)
     volume = volume_from_datasets(datasets, min_slices=model.card.min_slices)
+    drop_pixels(datasets)
     by_uid = {str(d.SOPInstanceUID): d for d in datasets}
     sources = [by_uid[u] for u in volume.source_uids]
     progress(0.1, f"volume {'x'.join(map(str, volume.voxels.shape))}")
