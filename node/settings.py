@@ -60,6 +60,8 @@ class DicomSettings:
     network_timeout_s: float = 120.0
     record_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
+    max_matrix: int = 8192
+    max_frames: int = 5000
 
     def __post_init__(self) -> None:
         if not _is_ae_title(self.ae_title):
@@ -77,6 +79,9 @@ class DicomSettings:
                               f"got {self.max_pdu_bytes}")
         if self.min_free_disk_mb < 0:
             raise ConfigError(f"[dicom] min_free_disk_mb must be >= 0, got {self.min_free_disk_mb}")
+        if not 1 <= self.max_matrix <= 65535 or not 1 <= self.max_frames <= 1_000_000:
+            raise ConfigError(f"[dicom] max_matrix must be 1-65535 and max_frames 1-1000000, got "
+                              f"{self.max_matrix} and {self.max_frames}")
         for key in ("study_quiet_period_s", "acse_timeout_s", "dimse_timeout_s", "network_timeout_s",
                     "record_timeout_s", "shutdown_grace_s"):
             value = getattr(self, key)

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 class StoreStatus(IntEnum):
     SUCCESS = 0x0000
+    COERCED = 0xB000                         # warning: stored with data elements changed
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000

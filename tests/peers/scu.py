@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
 
 from node.app import Node
@@ -36,4 +37,31 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
             return [assoc.send_c_store(ds) for ds in datasets]
         finally:
             assoc.release()
+    return await asyncio.to_thread(run)
+
+
+async def send_files(node: Node, paths: list[Path], calling: str = "SCANNER") -> list[Dataset | None]:
+    """C-STORE each file's bytes exactly as they are on disk (no decode, no re-encode) on one association.
+
+    None for a file the association could not carry (it was aborted); the next file gets a new one.
+    """
+    assert node.scp is not None, "the node is not started"
+    port = node.scp.port
+
+    def run() -> list[Dataset | None]:
+        saved, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+        out: list[Dataset | None] = []
+        assoc = None
+        try:
+            for path in paths:
+                if assoc is None or not assoc.is_established:
+                    assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title="SEGNODE")
+                    assert assoc.is_established, "association was not accepted"
+                status = assoc.send_c_store(path)
+                out.append(status if status else None)
+            return out
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = saved
+            if assoc is not None and assoc.is_established:
+                assoc.release()
     return await asyncio.to_thread(run)
