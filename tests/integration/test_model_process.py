@@ -114,3 +114,16 @@ def test_exit_codes_read_as_causes() -> None:
     assert describe_exit(-11) == "killed by signal 11 (segmentation fault in native code)"
     assert describe_exit(-15) == "killed by signal 15 (SIGTERM)"
     assert describe_exit(3) == "exited with code 3"
+
+
+async def test_a_study_too_big_for_a_job_fails_up_front_with_the_reason(tmp_path: Path) -> None:
+    node = Node(node_settings(tmp_path, compute__max_job_memory_mb="1000"))
+    await node.start()
+    try:
+        ds = phantom_datasets(make_phantom(slices=12, rows=32, seed=5), SeriesIds())
+        await send(node, ds)
+        job = await async_wait_until(lambda: _ended(node, ds[0].StudyInstanceUID), 60, "the job to end")
+    finally:
+        await node.stop()
+    assert job.state == "failed"
+    assert "(12 x 32 x 32 voxels) needs about 1.0 GiB of memory; this node gives a job 1.0 GiB" in job.detail
