@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.segnode-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm chromium
 
-.PHONY: run test install peers lint unit bench clean
+.PHONY: run test install peers ohif lint unit bench clean
 
 $(STAMP): pyproject.toml
 	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
@@ -30,10 +30,15 @@ peers:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(PEERS); \
 	fi
 
+# the prebuilt OHIF viewer the browser test drives: @ohif/app, pinned and sha512-checked in
+# tests/peers/ohif.py, fetched once with npm into ~/.cache/segnode/ohif (never into the repository)
+ohif: install
+	$(PY) -m tests.peers.ohif
+
 lint: install
 	$(VENV)/bin/ruff check node ai viewer_api tests bench
 
-test: peers install lint
+test: peers install ohif lint
 	$(VENV)/bin/pytest -q
 
 unit: install

@@ -98,5 +98,5 @@ class NodeService:
                 return path
         raise LookupError(f"job {job.id} has no {kind.upper()} result (state {job.state})")
 
-    def subscribe(self, maxsize: int) -> Subscription:
-        return self._p.store.bus.subscribe(maxsize)
+    def subscribe(self, maxsize: int, study: str | None = None) -> Subscription:
+        return self._p.store.bus.subscribe(maxsize, study)

@@ -25,6 +25,7 @@ def init_app(jobs: JobQueries, node: NodeOps, auth: TokenAuth | None = None, *, 
     app[WS_SETTINGS] = (ws_queue_size, ws_heartbeat_s)
     app.add_routes([
         web.get("/", views.index), web.static("/static/", views.STATIC),
+        web.get("/ohif/segnode-ohif.mjs", views.ohif_module),
         web.get("/api/health", views.health), web.get("/api/openapi.json", views.openapi),
         web.get("/api/jobs", views.list_jobs), web.get("/api/jobs/{job_id}", views.get_job),
         web.post("/api/jobs/{job_id}/retry", views.retry_job), web.post("/api/jobs/{job_id}/cancel", views.cancel_job),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 ADMIN, VIEWER = "admin", "viewer"
-PUBLIC = ("/api/health", "/api/openapi.json", "/metrics", "/static/")
+PUBLIC = ("/api/health", "/api/openapi.json", "/metrics", "/static/", "/ohif/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,8 @@ class NodeOps(Protocol):
     def result_file(self, job: Any, kind: str) -> Path:
         """The job's SEG or SR file. Raises LookupError when there is none."""
 
-    def subscribe(self, maxsize: int) -> Subscription: ...
+    def subscribe(self, maxsize: int, study: str | None = None) -> Subscription:
+        """Job events as they are published: all of them, or only those of one study."""
 
     async def metrics(self) -> dict[str, Any]:
         """Counters and gauges for /metrics."""

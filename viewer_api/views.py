@@ -45,6 +45,12 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+async def ohif_module(request: web.Request) -> web.FileResponse:
+    """The OHIF extension (no token: it holds no data; a module script needs a JavaScript MIME type)."""
+    return web.FileResponse(STATIC / "segnode-ohif.mjs", headers={"Content-Type": "text/javascript",
+                                                                  "Cache-Control": "no-cache"})
+
+
 async def health(request: web.Request) -> web.Response:
     body: dict[str, Any] = await request.app[NODE].health()
     return web.json_response(body, status=200 if body.get("ok") else 503)

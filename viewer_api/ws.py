@@ -3,6 +3,11 @@
 Events come from the node's bus through a bounded queue per client; a gap in `seq` (or a
 reconnect with `since`) is filled from the store, so nothing is missed. A client that falls
 further behind than its queue gets {"type": "resync", "seq": last} and is closed.
+
+With `study=UID` the bus itself hands the socket only that study's events (an OHIF per open
+study does not cost a check per event per viewer); the seqs it sees then have gaps by design,
+so a gap is not a loss there: the bus delivers each event of the study once, and events up to
+the snapshot's seq are skipped because the snapshot (or the `since` replay) already holds them.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ async def jobs_socket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=heartbeat_s)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
-    sub = request.app[NODE].subscribe(queue_size)     # before the snapshot, so nothing falls between the two
+    sub = request.app[NODE].subscribe(queue_size, study)   # before the snapshot, so nothing falls between the two
     try:
         head = await jobs.max_seq()
         listed = await jobs.list_jobs(study_instance_uid=study, limit=500)
@@ -64,7 +69,9 @@ async def jobs_socket(request: web.Request) -> web.WebSocketResponse:
 
 async def _stream(ws: web.WebSocketResponse, sub: Subscription, jobs: JobQueries, last: int, study: str | None,
                   job_id: str | None) -> None:
-    """Send every event after `last` in seq order (gaps filled from the store) until either side closes."""
+    """Send every event after `last` in seq order (gaps filled from the store) until either side closes;
+    a study's socket (filtered by the bus) sends its events as they come, each once."""
+    head = last
     reader = asyncio.ensure_future(ws.receive())   # notices the client closing
     while not ws.closed and not reader.done():
         pending: list[Any] = []
@@ -81,6 +88,12 @@ async def _stream(ws: web.WebSocketResponse, sub: Subscription, jobs: JobQueries
             await ws.send_json({"type": "resync", "seq": last})
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect with since")
             break
+        if study is not None:                     # the bus filtered: every event here is ours, once
+            for event in pending:
+                if event.seq > head and _matches(event, study, job_id):
+                    last = max(last, event.seq)
+                    await ws.send_str(event_text(event))
+            continue
         for event in pending:
             if event.seq <= last:
                 continue

@@ -14,8 +14,9 @@ logger = logging.getLogger(__name__)
 class Subscription:
     """A bounded queue per subscriber: a slow reader overflows itself, never the publisher."""
 
-    def __init__(self, bus: EventBus, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, maxsize: int, study: str | None = None) -> None:
         self._bus = bus
+        self.study = study
         self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
         self.overflowed = False
 
@@ -32,19 +33,34 @@ class Subscription:
 
 
 class EventBus:
-    """Owns the subscribers and the doorbells; only the job store publishes (after its writes commit)."""
+    """Owns the subscribers and the doorbells; only the job store publishes (after its writes commit).
+
+    Subscribers take every event, or one study's events, indexed by its UID so that publishing costs one
+    dict lookup per event, not one check per viewer (each OHIF holds a socket for the study it shows)."""
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self._by_study: dict[str, set[Subscription]] = {}
         self._doorbells: list[asyncio.Event] = []
 
-    def subscribe(self, maxsize: int = 1000) -> Subscription:
-        sub = Subscription(self, maxsize)
-        self._subs.add(sub)
+    def subscribe(self, maxsize: int = 1000, study: str | None = None) -> Subscription:
+        """Every event, or only those of `study` (a StudyInstanceUID) when given."""
+        sub = Subscription(self, maxsize, study)
+        if study is None:
+            self._subs.add(sub)
+        else:
+            self._by_study.setdefault(study, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subs.discard(sub)
+        if sub.study is None:
+            self._subs.discard(sub)
+            return
+        subs = self._by_study.get(sub.study)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_study[sub.study]
 
     def doorbell(self) -> asyncio.Event:
         """An Event set whenever something is published (workers wait on it)."""
@@ -57,5 +73,11 @@ class EventBus:
             logger.info("job %s: %s %s", e.job_id, e.state, e.detail)
             for sub in list(self._subs):
                 sub.offer(e)
+            for sub in list(self._by_study.get(e.study_instance_uid, ())):
+                sub.offer(e)
         for bell in self._doorbells:
             bell.set()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs) + sum(len(s) for s in self._by_study.values())

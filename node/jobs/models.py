@@ -70,6 +70,7 @@ class JobEventRow(Base):
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[str] = mapped_column(String(2000), default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)   # extra message keys ("delivered")
 
     __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
 

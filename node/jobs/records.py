@@ -26,16 +26,17 @@ class JobEvent:
     progress: float | None
     detail: str
     at: datetime
+    data: Mapping[str, Any] | None = field(default=None, compare=False)   # more message keys: `done`'s "delivered"
 
     @classmethod
     def of(cls, row: JobEventRow) -> JobEvent:
         return cls(row.seq, row.job_id, row.study_instance_uid, row.state, row.progress, row.detail,
-                   aware(row.at))
+                   aware(row.at), row.data)
 
     def as_message(self) -> dict[str, Any]:
         return {"seq": self.seq, "job_id": self.job_id, "study_instance_uid": self.study_instance_uid,
                 "state": self.state, "progress": self.progress, "detail": self.detail,
-                "at": self.at.isoformat()}
+                "at": self.at.isoformat(), **(self.data or {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class JobResults:
                    deliveries={name: Delivery(**d) for name, d in raw.get("deliveries", {}).items()})
 
     def as_json(self) -> dict[str, Any]:
+        """The stored and API shape; `delivered` (derived, never read back) once a destination has the files."""
         out: dict[str, Any] = {}
         if self.model:
             out.update(model=self.model, model_version=self.model_version, series=[dict(s) for s in self.series])
@@ -87,7 +89,23 @@ class JobResults:
             out["files"] = [asdict(f) for f in self.files]
         if self.deliveries:
             out["deliveries"] = {name: asdict(d) for name, d in self.deliveries.items()}
+        if delivered := self.delivered():
+            out["delivered"] = delivered
         return out
+
+    def result_series(self) -> list[dict[str, Any]]:
+        """The result files as series: [{"kind", "series_instance_uid", "sop_instance_uids"}], in file order."""
+        by_series: dict[tuple[str, str], list[str]] = {}
+        for f in self.files:
+            by_series.setdefault((f.kind, f.series_instance_uid), []).append(f.sop_instance_uid)
+        return [{"kind": kind, "series_instance_uid": uid, "sop_instance_uids": sops}
+                for (kind, uid), sops in by_series.items()]
+
+    def delivered(self) -> dict[str, list[dict[str, Any]]]:
+        """What a viewer waits for: per destination that has the files, the result series and instances
+        it now holds ({} when none has them, as with no destination configured)."""
+        series = self.result_series()
+        return {name: series for name, d in self.deliveries.items() if d.delivered}
 
     def merged(self, other: JobResults) -> JobResults:
         """This record with what `other` (one writer's part) adds."""

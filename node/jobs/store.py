@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -100,14 +101,16 @@ class JobStore(JobReads):
 
     # -- states ---------------------------------------------------------------------------------
     @staticmethod
-    def _event(s: AsyncSession, job: Job, detail: str, progress: float | None = None) -> JobEventRow:
+    def _event(s: AsyncSession, job: Job, detail: str, progress: float | None = None,
+               data: dict[str, Any] | None = None) -> JobEventRow:
         row = JobEventRow(job_id=job.id, study_instance_uid=job.study_instance_uid, state=job.state,
-                          progress=progress, detail=detail[:2000], at=utcnow())
+                          progress=progress, detail=detail[:2000], at=utcnow(), data=data)
         s.add(row)
         return row
 
     def _move(self, s: AsyncSession, job: Job, to: JobState, detail: str, progress: float | None) -> JobEventRow:
-        """The only writer of `Job.state`."""
+        """The only writer of `Job.state`. A `done` event says what was delivered where (the result series
+        and instances per destination, from the job's results as this transaction reads them)."""
         src = JobState(job.state)
         if to not in ALLOWED[src]:
             raise InvalidTransition(f"job {job.id} is {src.value}; it cannot become {to.value}")
@@ -117,7 +120,8 @@ class JobStore(JobReads):
         job.detail = detail[:2000]
         job.progress = progress
         job.updated_at = utcnow()
-        return self._event(s, job, detail, progress)
+        data = {"delivered": JobResults.from_json(job.results).delivered()} if to is JobState.DONE else None
+        return self._event(s, job, detail, progress, data)
 
     async def transition(self, job_id: str, to: JobState | str, *, detail: str = "",
                          progress: float | None = None) -> JobEvent:

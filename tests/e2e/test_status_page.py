@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from node.synth.series import SeriesIds, write_series
+from tests.peers.chromium import ARGS, CHROMIUM
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import REPO
 from tests.peers.node_process import NodeProcess
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As root, offline: no sandbox, no GPU, none of Chromium's calls home.
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 
 def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable[..., NodeProcess],

@@ -199,3 +199,23 @@ async def test_status_page_is_served(api) -> None:
     html = await (await http.get("/")).text()
     assert "<title>Segnode</title>" in html and "/static/segnode.js" in html
     assert (await http.get("/static/segnode.js")).status == 200
+
+
+async def test_a_study_socket_gets_only_its_study_and_done_says_what_was_delivered(api) -> None:
+    node, http = api
+    mine, other = series(), series()
+    async with http.ws_connect(f"/ws/jobs?study={mine[0].StudyInstanceUID}") as ws:
+        assert (await ws.receive()).json()["type"] == "snapshot"
+        assert node.bus.subscriber_count == 1
+        await send(node, other)                              # another study's job, first
+        await send(node, mine)
+        msgs = await receive_until(ws, lambda m: m[-1]["state"] in ("done", "failed"))
+    assert {m["study_instance_uid"] for m in msgs} == {mine[0].StudyInstanceUID}
+    job_id = msgs[0]["job_id"]
+    assert [m["seq"] for m in msgs] == [e.seq for e in await node.store.events(job_id)]
+    assert msgs[-1]["state"] == "done" and msgs[-1]["delivered"] == {}          # no destination configured
+    await async_wait_until(lambda: _no_subscribers(node), 5, "the study's subscription to close")
+
+
+async def _no_subscribers(node: Node) -> bool:
+    return node.bus.subscriber_count == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import InvalidTransition, JobNotFound
-from node.jobs.records import InstanceRecord, RecordOutcome
+from node.jobs.records import Delivery, InstanceRecord, JobResults, RecordOutcome, ResultFile
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
@@ -72,6 +72,27 @@ async def test_transitions_are_checked_and_every_change_is_an_event(store: JobSt
     assert states == ["receiving", "queued", "running"]
     with pytest.raises(JobNotFound):
         await store.transition("nope", JobState.QUEUED)
+
+
+async def test_the_done_event_says_which_series_each_destination_now_holds(store: JobStore) -> None:
+    intake = (await store.record_instance(rec("1.1"))).intake_id
+    await store.transition(intake, JobState.QUEUED)
+    await store.claim_next()
+    seg = ResultFile(kind="seg", file="seg.dcm", sop_instance_uid="9.1.1", series_instance_uid="9.1",
+                     source_series_instance_uid="1.2.3.4")
+    await store.set_results(intake, JobResults(model="m", files=(seg,)))
+    sending = await store.transition(intake, JobState.SENDING)
+    assert "delivered" not in sending.as_message()
+    await store.record_delivery(intake, "pacs", Delivery(delivered=True, attempts=1))
+    sub = store.bus.subscribe(10, "1.2.3")
+    done = await store.advance(intake, JobState.DONE, "delivered to pacs")
+    series = [{"kind": "seg", "series_instance_uid": "9.1", "sop_instance_uids": ["9.1.1"]}]
+    assert done is not None and done.as_message()["delivered"] == {"pacs": series}
+    assert sub.queue.get_nowait() == done                            # published to the study's subscriber
+    assert (await store.events(intake))[-1].as_message()["delivered"] == {"pacs": series}   # and replayed
+    assert (await store.get(intake)).results.as_json()["delivered"] == {"pacs": series}
+    sub.close()
+    assert store.bus.subscriber_count == 0
 
 
 async def test_running_jobs_are_requeued_after_a_restart(tmp_path: Path) -> None:
