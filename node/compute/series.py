@@ -18,6 +18,7 @@ from ai.volume import Volume, volume_from_datasets
 from node.compute.memory import check_fits
 
 Progress = Callable[[float, str], None]
+DEFER = "64 KB"              # elements larger than this (pixel data) are read from the file when used
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,8 @@ def read_series(items: Sequence[str | Path | bytes]) -> list[Dataset]:
     out = []
     for i, item in enumerate(items):
         try:
-            out.append(dcmread(BytesIO(item)) if isinstance(item, bytes) else dcmread(item))
+            # from a path, pixel data is read when decoded (and then dropped): one slice at a time in memory
+            out.append(dcmread(BytesIO(item)) if isinstance(item, bytes) else dcmread(item, defer_size=DEFER))
         except Exception as exc:        # a stored file we cannot parse: say which, not the parser's words
             name = f"#{i + 1}" if isinstance(item, bytes) else Path(item).name
             raise UnsuitableSeries(f"stored image {name} cannot be read ({type(exc).__name__})") from exc
@@ -50,20 +52,13 @@ def check_memory(datasets: Sequence[Dataset], limit_mb: int) -> None:
     check_fits(slices, int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0), limit_mb)
 
 
-def drop_pixels(datasets: Sequence[Dataset]) -> None:
-    """Once the volume holds the voxels, the sources keep only their headers (what SEG and SR reference)."""
-    for d in datasets:
-        if "PixelData" in d:
-            del d.PixelData
-
-
 def segment_series(series_instance_uid: str, paths: Sequence[str | Path | bytes], model: Segmenter,
                    progress: Progress, max_memory_mb: int = 0) -> SeriesResult:
     progress(0.02, "loading images")
     datasets = read_series(paths)
     check_memory(datasets, max_memory_mb)
-    volume = volume_from_datasets(datasets, min_slices=model.card.min_slices)
-    drop_pixels(datasets)
+    # the sources keep only their headers once the volume holds the voxels (what SEG and SR reference)
+    volume = volume_from_datasets(datasets, min_slices=model.card.min_slices, release_pixels=True)
     by_uid = {str(d.SOPInstanceUID): d for d in datasets}
     sources = [by_uid[u] for u in volume.source_uids]
     progress(0.1, f"volume {'x'.join(map(str, volume.voxels.shape))}")
