@@ -6,13 +6,13 @@ from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from ai.segmenter import ModelCard
 from node.compute.series import SeriesResult
 from node.fsutil import make_dirs, write_atomic
 from node.jobs.records import JobResults, JobView, ResultFile
+from node.results.checks import check_seg, check_sr
 from node.results.ids import ResultIds
 from node.results.seg import build_segmentation
 from node.results.sr import build_report
@@ -24,13 +24,14 @@ def encode(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def round_trip(data: bytes, kind: str) -> None:
-    """Decode what we are about to send with pydicom and highdicom; raise if either refuses it."""
-    ds = dcmread(BytesIO(data))
-    if kind == "seg":
-        hd.seg.Segmentation.from_dataset(ds)
-    else:
-        hd.sr.Comprehensive3DSR.from_dataset(ds)
+def encode_checked(seg: hd.seg.Segmentation, sr: hd.sr.Comprehensive3DSR, source_series_instance_uid: str,
+                   groups: int) -> tuple[bytes, bytes]:
+    """Encode the SEG and its SR, and check the bytes decode to what was built (node.results.checks)."""
+    segments = len(seg.SegmentSequence)
+    seg_data, sr_data = encode(seg), encode(sr)
+    check_seg(seg_data, seg.SOPInstanceUID, segments, source_series_instance_uid)
+    check_sr(sr_data, sr.SOPInstanceUID, groups, seg.SOPInstanceUID, segments)
+    return seg_data, sr_data
 
 
 def write_dicom_results(job: JobView, folder: Path, results: list[SeriesResult], card: ModelCard) -> JobResults:
@@ -43,9 +44,8 @@ def write_dicom_results(job: JobView, folder: Path, results: list[SeriesResult],
                                    _int(r.sources[0].get("SeriesNumber")))
         seg = build_segmentation(r.sources, r.labels, card, ids, frame_numbers=r.volume.frame_numbers)
         sr = build_report(seg, r.sources, r.measurements, card, ids, job.id, job.attempts)
-        for kind, ds in (("seg", seg), ("sr", sr)):
-            data = encode(ds)
-            round_trip(data, kind)
+        encoded = encode_checked(seg, sr, r.series_instance_uid, len(r.measurements))
+        for kind, ds, data in (("seg", seg, encoded[0]), ("sr", sr, encoded[1])):
             name = f"{kind}-{r.series_instance_uid}.dcm"
             write_atomic(folder / name, data)
             files.append(ResultFile(kind=kind, file=name, sop_instance_uid=str(ds.SOPInstanceUID),

@@ -61,11 +61,13 @@ def build_segmentation(sources: Sequence[Dataset], labels: np.ndarray, card: Mod
         for k, frame in enumerate(frame_numbers):
             ordered[frame - 1] = labels[k]
         labels = ordered
-    # SEG segment numbers must run 1..N; keep the card's label order
-    remap = np.zeros(256, np.uint8)
-    for i, number in enumerate(present, start=1):
-        remap[number] = i
-    pixel_array = remap[labels]
+    # SEG segment numbers must run 1..N; keep the card's label order (a pass over the volume only if they do not)
+    pixel_array = labels
+    if present != list(range(1, len(present) + 1)):
+        remap = np.zeros(256, np.uint8)
+        for i, number in enumerate(present, start=1):
+            remap[number] = i
+        pixel_array = remap[labels]
     descriptions = segment_descriptions(card, present)
     for i, d in enumerate(descriptions, start=1):
         d.SegmentNumber = i

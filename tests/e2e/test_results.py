@@ -17,19 +17,12 @@ from node.synth.series import SeriesIds, phantom_datasets, write_datasets
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import dciodvfy, wait_until
 from tests.peers.node_process import NodeProcess
-from tests.peers.orthanc import OrthancProcess
-
-FAST_RETRY = "[outbox]\nretry_initial_s = 0.5\nretry_max_s = 1.0\n"
+from tests.peers.orthanc import FAST_RETRY, OrthancProcess, dicom_dest, results_in
 
 
 def config(dest: str, rule_dest: str = "pacs") -> str:
     return (f"{FAST_RETRY}\n[[destinations]]\n{dest}\n\n[[rules]]\nname = \"ct\"\nmodel = \"ct-basic\"\n"
             f"destinations = [\"{rule_dest}\"]\nmatch = {{ modality = [\"CT\"], min_slices = 10 }}\n")
-
-
-def dicom_dest(o: OrthancProcess, ae_title: str | None = None) -> str:
-    return (f'name = "pacs"\nkind = "dicom"\nhost = "127.0.0.1"\nport = {o.dicom_port}\n'
-            f'ae_title = "{ae_title or o.ae_title}"')
 
 
 def sr_volumes(sr: Dataset) -> dict[str, float]:
@@ -57,13 +50,6 @@ def phantom_series(tmp_path: Path, slices: int = 40) -> tuple[list[Path], Series
     ids = SeriesIds()
     p = make_phantom(slices=slices, rows=128, seed=3)
     return write_datasets(tmp_path / "ct", phantom_datasets(p, ids)), ids, p
-
-
-def results_in(o: OrthancProcess, count: int = 1, timeout_s: float = 60) -> tuple[list[dict], list[dict]]:
-    def both():
-        seg, sr = o.instances_of_modality("SEG"), o.instances_of_modality("SR")
-        return (seg, sr) if len(seg) >= count and len(sr) >= count else None
-    return wait_until(both, timeout_s, "SEG and SR in Orthanc", interval_s=0.5)
 
 
 def test_flagship_orthanc_forwards_segnode_segments_results_come_back(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import sync_playwright
 
 from node.synth.series import SeriesIds, write_series
+from tests.peers.bundle_layouts import build_btcv_on_old_monai, build_layout_bundle
 from tests.peers.chromium import ARGS, CHROMIUM
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import REPO
@@ -38,4 +40,30 @@ def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable
         out = REPO / "tests" / "artifacts"
         out.mkdir(exist_ok=True)
         page.screenshot(path=str(out / "status-page.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_page_shows_each_model_ready_or_unavailable_with_the_reason_and_warnings(
+        start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    build_layout_bundle(models / "odd-labels", names=["background", "liver", "frobnicator_zone", "bone"], soft=1,
+                        lung=2, bone=3)
+    build_btcv_on_old_monai(models / "swin-unetr-btcv")
+    node = start_node(models__dir=str(models))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 600})
+        page.goto(f"http://127.0.0.1:{node.http_port}/")
+        page.wait_for_selector("#models tbody tr[data-model='swin-unetr-btcv']", timeout=10_000)
+        rows = {name: page.locator(f"#models tbody tr[data-model='{name}']")
+                for name in ("ct-basic", "odd-labels", "swin-unetr-btcv")}
+        assert {name: row.get_attribute("data-state") for name, row in rows.items()} == {
+            "ct-basic": "ready", "odd-labels": "ready", "swin-unetr-btcv": "unavailable"}
+        bad = rows["swin-unetr-btcv"].locator(".reason").inner_text()
+        assert "img_size" in bad and "MONAI version mismatch" in bad
+        warning = rows["odd-labels"].locator(".warning").inner_text()
+        assert "frobnicator_zone" in warning and "no standard code" in warning
+        assert rows["odd-labels"].locator("td").nth(4).inner_text() == "3"
+        assert rows["ct-basic"].locator(".reason, .warning").count() == 0
         browser.close()

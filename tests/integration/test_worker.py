@@ -22,8 +22,7 @@ from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.peers.helpers import async_wait_until
-from tests.peers.scu import send
+from tests.peers.scu import final_job, send
 from tests.peers.settings import node_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -49,13 +48,6 @@ async def wnode(tmp_path: Path, models_dir: Path):
     await n.start()
     yield n
     await n.stop()
-
-
-async def final_job(node: Node, study_instance_uid: str, timeout_s: float = 30):
-    async def ended():
-        jobs = await node.store.list_jobs(study_instance_uid=study_instance_uid)
-        return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
-    return await async_wait_until(ended, timeout_s, f"study {study_instance_uid[-8:]} to finish")
 
 
 async def test_a_ct_study_becomes_a_label_map_with_measurements(wnode: Node) -> None:

@@ -58,12 +58,34 @@ class PhantomNet(torch.nn.Module):
         out[:, self.lung] += lung.to(x.dtype)
         out[:, self.bone] += bone.to(x.dtype)
         return out * self.scale
+
+
+class BlocksNet(torch.nn.Module):
+    """Every channel but background on 2-voxel blocks inside the body (soft tissue and bone), in turn: one
+    phantom gives a segment per label, like a whole-body CT. Block positions count from the window's corner,
+    so the bundle's window must hold the whole resampled volume."""
+
+    def __init__(self, out_channels: int, soft: int, lung: int, bone: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.scale = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        body = x[:, 0] * 2000.0 - 1000.0 > -400.0
+        n = [(size + 1) // 2 | 1 for size in x.shape[2:]]     # odd strides: every label, whatever the padding
+        i, j, k = (torch.arange(size, device=x.device) // 2 for size in x.shape[2:])
+        block = (i[:, None, None] * n[1] + j[None, :, None]) * n[2] + k[None, None, :]
+        labels = torch.where(body, block % (self.out_channels - 1) + 1, 0)
+        one_hot = torch.nn.functional.one_hot(labels, self.out_channels).permute(0, 4, 1, 2, 3)
+        return one_hot.to(x.dtype) * self.scale
 '''
 
 
 def build_layout_bundle(root: Path, *, names: list[str], soft: int, lung: int, bone: int, config: str = "json",
-                        labels: str = "channel_def", weights: str = "state_dict") -> Path:
-    """config: json|yaml; labels: channel_def|label_def|config; weights: state_dict|checkpoint|torchscript|named."""
+                        labels: str = "channel_def", weights: str = "state_dict", net: str = "PhantomNet") -> Path:
+    """config: json|yaml; labels: channel_def|label_def|config; weights: state_dict|checkpoint|torchscript|named;
+    net: PhantomNet (soft tissue, lung, bone on three channels) or BlocksNet (every channel, on an 8 mm grid
+    in one 64-voxel window: phantoms up to 500 mm across and 500 mm long)."""
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "models").mkdir(exist_ok=True)
     (root / "scripts").mkdir(exist_ok=True)
@@ -72,7 +94,10 @@ def build_layout_bundle(root: Path, *, names: list[str], soft: int, lung: int, b
     inference = json.loads(json.dumps(INFERENCE))
     inference["preprocessing"]["transforms"][3]["pixdim"] = [4.0, 4.0, 4.0]
     inference["imports"] = ["$import scripts.nets"]
-    inference["network_def"] = {"_target_": "scripts.nets.PhantomNet", "out_channels": len(names),
+    if net == "BlocksNet":
+        inference["preprocessing"]["transforms"][3]["pixdim"] = [8.0, 8.0, 8.0]
+        inference["inferer"]["roi_size"] = [64, 64, 64]
+    inference["network_def"] = {"_target_": f"scripts.nets.{net}", "out_channels": len(names),
                                 "soft": soft, "lung": lung, "bone": bone}
     if labels == "config":
         inference["labels"] = {name: i for i, name in enumerate(names)}
@@ -86,10 +111,10 @@ def build_layout_bundle(root: Path, *, names: list[str], soft: int, lung: int, b
     (root / "configs" / "metadata.json").write_text(json.dumps({
         "version": "0.2.0", "name": root.name, "description": f"phantom bundle ({config}, {labels}, {weights})",
         "network_data_format": {"inputs": {"image": {"modality": "CT", "num_channels": 1}}, "outputs": outputs}}))
-    net = _phantom_net(root, len(names), soft, lung, bone)
-    state = net.state_dict()
+    module = _phantom_net(root, net, len(names), soft, lung, bone)
+    state = module.state_dict()
     if weights == "torchscript":
-        torch.jit.script(net).save(str(root / "models" / "model.ts"))
+        torch.jit.script(module).save(str(root / "models" / "model.ts"))
     elif weights == "checkpoint":
         torch.save({"model": state, "epoch": 3, "best_metric": 0.9}, root / "models" / "model.pt")
     elif weights == "named":
@@ -99,16 +124,16 @@ def build_layout_bundle(root: Path, *, names: list[str], soft: int, lung: int, b
     return root
 
 
-def _phantom_net(root: Path, channels: int, soft: int, lung: int, bone: int) -> torch.nn.Module:
+def _phantom_net(root: Path, net: str, channels: int, soft: int, lung: int, bone: int) -> torch.nn.Module:
     module_name = "phantom_nets_" + re.sub(r"\W", "_", root.name)      # TorchScript names must be identifiers
     spec = importlib.util.spec_from_file_location(module_name, root / "scripts" / "nets.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    net = module.PhantomNet(channels, soft, lung, bone)
+    made = getattr(module, net)(channels, soft, lung, bone)
     with torch.no_grad():
-        net.scale.fill_(10.0)
-    return net
+        made.scale.fill_(10.0)
+    return made
 
 
 def build_btcv_on_old_monai(root: Path) -> Path:

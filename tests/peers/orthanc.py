@@ -14,6 +14,7 @@ from tests.peers.helpers import REPO, free_port, peer_env, tool, wait_until
 
 LUA = REPO / "config" / "orthanc" / "forward-to-segnode.lua"
 PLUGINS = Path("/usr/share/orthanc/plugins")
+FAST_RETRY = "[outbox]\nretry_initial_s = 0.5\nretry_max_s = 1.0\n"     # node config: retry soon after a refusal
 
 
 class OrthancProcess:
@@ -110,3 +111,15 @@ class OrthancProcess:
         self.proc = None
 
 
+def dicom_dest(o: OrthancProcess, ae_title: str | None = None) -> str:
+    """A node `[[destinations]]` table (without the header) named "pacs" that sends to this Orthanc."""
+    return (f'name = "pacs"\nkind = "dicom"\nhost = "127.0.0.1"\nport = {o.dicom_port}\n'
+            f'ae_title = "{ae_title or o.ae_title}"')
+
+
+def results_in(o: OrthancProcess, count: int = 1, timeout_s: float = 60) -> tuple[list[dict], list[dict]]:
+    """The SEG and SR instances in Orthanc once it holds at least `count` of each."""
+    def both():
+        seg, sr = o.instances_of_modality("SEG"), o.instances_of_modality("SR")
+        return (seg, sr) if len(seg) >= count and len(sr) >= count else None
+    return wait_until(both, timeout_s, "SEG and SR in Orthanc", interval_s=0.5)

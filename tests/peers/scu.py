@@ -1,4 +1,4 @@
-"""A pynetdicom SCU for in-process tests: what a scanner sends, answered by a running Node."""
+"""A pynetdicom SCU for in-process tests: what a scanner sends, answered by a running Node, and the job it ends in."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
 
 from node.app import Node
+from node.jobs.records import JobView
 from node.tcp import on_conn_open
+from tests.peers.helpers import async_wait_until
 
 NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
 
@@ -40,28 +42,38 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
     return await asyncio.to_thread(run)
 
 
-async def send_files(node: Node, paths: list[Path], calling: str = "SCANNER") -> list[Dataset | None]:
-    """C-STORE each file's bytes exactly as they are on disk (no decode, no re-encode) on one association.
+def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE",
+                  calling: str = "SCANNER") -> list[Dataset | None]:
+    """C-STORE each file's bytes exactly as they are on disk (no decode, no re-encode), blocking.
 
     None for a file the association could not carry (it was aborted); the next file gets a new one.
     """
-    assert node.scp is not None, "the node is not started"
-    port = node.scp.port
+    saved, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    out: list[Dataset | None] = []
+    assoc = None
+    try:
+        for path in paths:
+            if assoc is None or not assoc.is_established:
+                assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title=called)
+                assert assoc.is_established, "association was not accepted"
+            status = assoc.send_c_store(path)
+            out.append(status if status else None)
+        return out
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = saved
+        if assoc is not None and assoc.is_established:
+            assoc.release()
 
-    def run() -> list[Dataset | None]:
-        saved, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
-        out: list[Dataset | None] = []
-        assoc = None
-        try:
-            for path in paths:
-                if assoc is None or not assoc.is_established:
-                    assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title="SEGNODE")
-                    assert assoc.is_established, "association was not accepted"
-                status = assoc.send_c_store(path)
-                out.append(status if status else None)
-            return out
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = saved
-            if assoc is not None and assoc.is_established:
-                assoc.release()
-    return await asyncio.to_thread(run)
+
+async def send_files(node: Node, paths: list[Path], calling: str = "SCANNER") -> list[Dataset | None]:
+    """`send_files_to` the running node, off the event loop."""
+    assert node.scp is not None, "the node is not started"
+    return await asyncio.to_thread(send_files_to, node.scp.port, paths, "SEGNODE", calling)
+
+
+async def final_job(node: Node, study_instance_uid: str, timeout_s: float = 30) -> JobView:
+    """The study's job once it is done or failed."""
+    async def ended() -> JobView | None:
+        jobs = await node.store.list_jobs(study_instance_uid=study_instance_uid)
+        return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
+    return await async_wait_until(ended, timeout_s, f"study {study_instance_uid[-8:]} to finish")

@@ -91,6 +91,28 @@ async function health() {
   } catch (e) { document.getElementById("health").textContent = "node unreachable"; }
 }
 
+// Each model as the node's start-up check found it: ready, or unavailable with the reason; warnings (e.g.
+// labels coded with the node's local scheme) under it.
+async function models() {
+  try {
+    const body = await api("/api/models");
+    const tbody = document.querySelector("#models tbody");
+    tbody.replaceChildren(...body.models.map((m) => {
+      const tr = document.createElement("tr");
+      tr.dataset.model = m.name; tr.dataset.state = m.state;
+      const state = cell(""); const badge = document.createElement("span");
+      badge.className = "state " + (m.state === "ready" ? "done" : "failed"); badge.textContent = m.state; state.append(badge);
+      const notes = cell("", "detail");
+      for (const text of [m.reason, ...(m.warnings || [])].filter(Boolean)) {
+        const p = document.createElement("p"); p.className = text === m.reason ? "reason" : "warning"; p.textContent = text; notes.append(p);
+      }
+      tr.append(cell(m.name), state, cell(m.version), cell((m.modalities || []).join(", ")),
+        cell(m.labels ? m.labels.length : ""), notes);
+      return tr;
+    }));
+  } catch (e) { document.querySelector("#models tbody").replaceChildren(); }
+}
+
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const q = new URLSearchParams(); if (lastSeq) q.set("since", lastSeq); if (token) q.set("token", token);
@@ -112,7 +134,7 @@ function connect() {
 async function start() {
   const body = await api("/api/jobs?limit=200");
   for (const j of body.jobs) jobs.set(j.id, j);
-  render(); health(); connect();
-  setInterval(health, 5000); setInterval(render, 10000);
+  render(); health(); models(); connect();
+  setInterval(health, 5000); setInterval(render, 10000); setInterval(models, 30000);
 }
 start();

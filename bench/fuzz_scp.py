@@ -1,0 +1,93 @@
+"""Fuzz the Storage SCP with thousands of seeded mutants of one CT slice; Orthanc gets the same mutants.
+
+  python bench/fuzz_scp.py [--count 2000] [--seed 7]
+Writes bench/out/fuzz_scp.json. For each receiver: how many mutants were acknowledged, how many of
+those pydicom cannot turn into the declared pixels (the number that must be 0 for Segnode), how many
+got no answer (an aborted association), and the time per mutant. The receiver stays up throughout or
+the run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pydicom import dcmread
+
+from bench.common import write_result
+from node.app import Node
+from node.synth.phantom import make_phantom
+from node.synth.series import phantom_datasets, write_datasets
+from tests.peers.mutants import mutants
+from tests.peers.orthanc import OrthancProcess
+from tests.peers.scu import send_files_to
+from tests.peers.settings import node_settings
+
+ACKNOWLEDGED = {0x0000, 0xB000, 0xB007, 0xB006}
+
+
+def decodable(path: Path) -> bool:
+    try:
+        ds = dcmread(path)
+        return ds.pixel_array.shape[-2:] == (ds.Rows, ds.Columns)
+    except Exception:
+        return False
+
+
+def tally(paths: list[Path], statuses: list, seconds: float) -> dict[str, float]:
+    acked = [p for p, s in zip(paths, statuses, strict=True) if s is not None and s.Status in ACKNOWLEDGED]
+    return {"mutants": len(paths), "acknowledged": len(acked),
+            "acknowledged_undecodable": sum(not decodable(p) for p in acked),
+            "no_answer": sum(s is None for s in statuses), "ms_per_mutant": round(1000 * seconds / len(paths), 2)}
+
+
+async def segnode_run(paths: list[Path], workdir: Path) -> dict[str, float]:
+    node = Node(node_settings(workdir, DICOM__STUDY_QUIET_PERIOD_S="3600"))
+    await node.start()
+    try:
+        assert node.scp is not None
+        started = time.perf_counter()
+        statuses = await asyncio.to_thread(send_files_to, node.scp.port, paths)
+        return tally(paths, statuses, time.perf_counter() - started)
+    finally:
+        await node.stop()
+
+
+def orthanc_run(paths: list[Path], workdir: Path) -> dict[str, float]:
+    orthanc = OrthancProcess(workdir, check_called_aet=False).start()
+    try:
+        started = time.perf_counter()
+        statuses = send_files_to(orthanc.dicom_port, paths, called=orthanc.ae_title)
+        return tally(paths, statuses, time.perf_counter() - started)
+    finally:
+        orthanc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        source = write_datasets(root / "source", phantom_datasets(make_phantom(3, 128, seed=0))[:1])[0]
+        paths = [p for _kind, p in mutants(source, root / "mutants", args.count, args.seed)]
+        segnode = asyncio.run(segnode_run(paths, root / "segnode"))
+        orthanc = orthanc_run(paths, root / "orthanc")
+    for name, r in (("segnode", segnode), ("orthanc", orthanc)):
+        print(f"{name:8s} acknowledged {r['acknowledged']:5d} / {r['mutants']}, of which undecodable "
+              f"{r['acknowledged_undecodable']:4d}; no answer {r['no_answer']}; {r['ms_per_mutant']} ms per mutant")
+    print(f"time per mutant, segnode / orthanc: {segnode['ms_per_mutant'] / orthanc['ms_per_mutant']:.2f}x")
+    print("wrote", write_result("fuzz_scp", {"seed": args.seed, "segnode": segnode, "orthanc": orthanc}))
+    if segnode["acknowledged_undecodable"] or segnode["no_answer"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
