@@ -7,15 +7,15 @@ import contextlib
 import functools
 import logging
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
-from node.compute.local import LocalBackend
-from node.compute.pipeline import Backend, JobPipeline
+from node.compute.memory import job_memory_limit_mb
+from node.compute.pipeline import Backend
+from node.compute.process import ModelProcessSpec, ProcessBackend
 from node.compute.ray_backend import RayBackend
 from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
@@ -60,7 +60,6 @@ class Node:
         self.workers: list[Worker] = []
         self.outbox: Outbox | None = None
         self.service: NodeService | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -98,6 +97,7 @@ class Node:
         self.registry = ModelRegistry(m.path, device, self._window)
         for status in await asyncio.to_thread(self.registry.check):
             logger.info("model %s: %s", status.name, "ready" if status.ready else f"unavailable: {status.reason}")
+        self.registry.unload()              # models run in the model processes (or Ray actors), not here
         return self.registry
 
     async def _start_intake(self, store: JobStore, registry: ModelRegistry) -> Ingest:
@@ -119,11 +119,14 @@ class Node:
                 device=c.device, window=window, writers=writers))
             n_workers = len(self.backend.actors)
         else:
-            self._executor = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="inference")
-            self.backend = LocalBackend(JobPipeline(registry, writers), self._executor)
+            spec = ModelProcessSpec(m.path, c.device, window, tuple(writers),
+                                    job_memory_limit_mb(c.max_job_memory_mb, c.workers), logging.getLogger().level)
+            self.backend = await asyncio.to_thread(ProcessBackend, spec, c.workers)
             n_workers = c.workers
+        await store.requeue_interrupted(c.max_attempts)
         for i in range(n_workers):
-            worker = Worker(store, self.backend, self.settings.node.data_path / "results")
+            worker = Worker(store, self.backend, self.settings.node.data_path / "results",
+                            max_attempts=c.max_attempts)
             self.workers.append(worker)
             self._spawn(worker.run(), f"worker-{i}")
         return self.backend
@@ -177,9 +180,6 @@ class Node:
             await self._runner.cleanup()
         if self.backend is not None:
             await self.backend.close()
-        if self._executor is not None:
-            # inference threads cannot be interrupted; the job they ran is requeued at the next start
-            self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             await self.store.close()
         logger.info("segnode stopped")

@@ -1,6 +1,6 @@
 """Result previews: one PNG per series, three orthogonal planes through the largest segment, the label map
-laid over the windowed image in a fixed colour per segment number. A result writer (runs on the inference
-executor or in a Ray actor, after the model), so it never blocks the event loop.
+laid over the windowed image in a fixed colour per segment number. A result writer: it runs where the model ran
+(a model process or a Ray actor), after the model, so it never blocks the event loop.
 
 Axes as everywhere in ai/: (slice, row, column); slices ascend along the slice normal, which for an axial
 series points to the head, so the coronal and sagittal panels are flipped to show the head at the top.

@@ -32,8 +32,8 @@ def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable
         assert "Page test" in row.inner_text() and "CT" in row.inner_text()
         health = page.locator("#health").inner_text()
         assert health.startswith("healthy")
-        placement = node.get("/api/health")["compute"]["placement"]        # e.g. "in this process on cpu"
-        assert placement.startswith("in this process on ") and f"inference {placement}" in health
+        placement = node.get("/api/health")["compute"]["placement"]    # e.g. "in 1 model process of this node on cpu"
+        assert placement.startswith("in 1 model process of this node on ") and f"inference {placement}" in health
         row.click()
         page.wait_for_selector("#detail-events li")
         assert "receiving" in page.locator("#detail-events").inner_text()
