@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
+from ai import slabs
 from ai.device import to_device
 from ai.segmenter import LabelSpec, ModelCard, Progress, check_suitable
 from ai.volume import Volume
@@ -69,47 +70,43 @@ def fill_enclosed(mask: torch.Tensor) -> torch.Tensor:
     return mask | ((left & right & up & down) > 0)
 
 
-_IN_PLANE = np.zeros((3, 3, 3), bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-
-
 def _lung_like(candidates: torch.Tensor, hu: torch.Tensor) -> torch.Tensor:
     """Keep the air components whose core (eroded by one voxel) is lung tissue, not pure air."""
     cpu = candidates.cpu().numpy()
-    labels, n = ndimage.label(cpu, structure=np.ones((3, 3, 3), bool))
+    labels, n = slabs.label(cpu)
     if n == 0:
         return candidates
-    core = ndimage.binary_erosion(cpu, structure=np.ones((3, 3, 3), bool))
-    pure_air = core & (hu.cpu().numpy() < PURE_AIR_HU)
-    core_n = np.bincount(labels[core], minlength=n + 1)
-    air_n = np.bincount(labels[pure_air], minlength=n + 1)
+    core = ndimage.binary_erosion(cpu, structure=slabs.FULL)
+    core_n = slabs.counts(labels, n, lambda z: core[z])
+    air_n = slabs.counts(labels, n, lambda z: core[z] & (hu[z].cpu().numpy() < PURE_AIR_HU))
     keep = (core_n > 0) & (air_n <= MAX_LUNG_AIR_FRACTION * core_n)
     keep[0] = False
-    return torch.from_numpy(keep[labels]).to(candidates.device)
+    return torch.from_numpy(slabs.keep_labels(labels, keep)).to(candidates.device)
 
 
 def _bone(candidates: torch.Tensor, hu: torch.Tensor, min_voxels: int) -> torch.Tensor:
     """Close cortical shells in plane, fill the marrow they enclose, keep regions holding dense bone."""
-    closed = _erode2d(_dilate2d(candidates, 5), 5)
-    filled = ndimage.binary_fill_holes(closed.cpu().numpy(), structure=_IN_PLANE)
-    labels, n = ndimage.label(filled, structure=np.ones((3, 3, 3), bool))
+    closed = slabs.slabwise(lambda c: _erode2d(_dilate2d(c, 5), 5), candidates)
+    filled = slabs.fill_holes_in_plane(closed.cpu().numpy())
+    del closed
+    labels, n = slabs.label(filled)
+    del filled
     if n == 0:
         return candidates & False
-    dense = np.bincount(labels[hu.cpu().numpy() > DENSE_BONE_HU], minlength=n + 1)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    dense = slabs.counts(labels, n, lambda z: hu[z].cpu().numpy() > DENSE_BONE_HU)
+    sizes = slabs.counts(labels, n)
     keep = (dense >= 3) & (sizes >= min_voxels)
     keep[0] = False
-    return torch.from_numpy(keep[labels]).to(candidates.device)
+    return torch.from_numpy(slabs.keep_labels(labels, keep)).to(candidates.device)
 
 
 def _components(mask: torch.Tensor, min_voxels: int, keep_fraction: float = 0.0,
                 largest_only: bool = False) -> torch.Tensor:
     """Keep connected components (26-connected) by size, on a CPU copy; result back on the mask's device."""
-    cpu = mask.cpu().numpy()
-    labels, n = ndimage.label(cpu, structure=np.ones((3, 3, 3), bool))
+    labels, n = slabs.label(mask.cpu().numpy())
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel())
+    sizes = slabs.counts(labels, n)
     sizes[0] = 0
     if largest_only:
         keep = np.zeros_like(sizes, dtype=bool)
@@ -117,7 +114,7 @@ def _components(mask: torch.Tensor, min_voxels: int, keep_fraction: float = 0.0,
     else:
         keep = (sizes >= min_voxels) & (sizes >= keep_fraction * sizes.max())
         keep[0] = False
-    return torch.from_numpy(keep[labels]).to(mask.device)
+    return torch.from_numpy(slabs.keep_labels(labels, keep)).to(mask.device)
 
 
 class CtBasic:
@@ -135,18 +132,22 @@ class CtBasic:
         with torch.inference_mode():
             hu = to_device(torch.from_numpy(volume.voxels), self.device)
             report(0.1, "body outline")
-            body = _erode2d(hu > BODY_HU)                     # an opening drops noise specks and thin table edges,
-            body = _dilate2d(body)                            # then restores the outline
+            # an opening drops noise specks and thin table edges, then restores the outline (in slabs:
+            # no whole-volume float temporaries)
+            body = slabs.slabwise(lambda h: _dilate2d(_erode2d(h > BODY_HU)), hu)
             body = _components(body, 1, largest_only=True)
-            body = fill_enclosed(body)
+            body = slabs.slabwise(fill_enclosed, body)
             report(0.4, "lungs")
-            lungs = _lung_like(body & (hu < LUNG_HU), hu)
+            lungs = _lung_like(slabs.slabwise(lambda b, h: b & (h < LUNG_HU), body, hu), hu)
             lungs = _components(lungs, max(1, round(MIN_LUNG_ML / voxel_ml)), keep_fraction=0.25)
             report(0.7, "bone")
-            bone = _bone(body & (hu > BONE_HU) & ~lungs, hu, max(1, round(MIN_BONE_ML / voxel_ml))) & body & ~lungs
+            bone = _bone(slabs.slabwise(lambda b, h, lu: b & (h > BONE_HU) & ~lu, body, hu, lungs), hu,
+                         max(1, round(MIN_BONE_ML / voxel_ml)))
+            bone &= body
+            bone &= ~lungs
             labels = torch.zeros(hu.shape, dtype=torch.uint8, device=self.device)
-            labels[body] = SOFT_TISSUE
-            labels[lungs] = LUNGS
-            labels[bone] = BONE
+            labels.masked_fill_(body, SOFT_TISSUE)     # masked_fill: indexing with a mask would list its voxels
+            labels.masked_fill_(lungs, LUNGS)
+            labels.masked_fill_(bone, BONE)
             report(1.0, "segmentation finished")
             return labels.cpu().numpy()

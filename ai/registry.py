@@ -132,6 +132,12 @@ class ModelRegistry:
             return None
         return None if st.ready else st.reason
 
+    def unload(self) -> None:
+        """Release the loaded model (the node checks models but runs them in other processes)."""
+        with self._lock:
+            self._loaded = None
+            release(self.device)
+
     def get(self, name: str) -> Segmenter:
         """The loaded model `name`; raises ModelUnavailable with the reason."""
         return self._load(name)

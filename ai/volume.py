@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
 
 from ai.errors import UnsuitableSeries
 
@@ -58,8 +59,9 @@ def _floats(value: object, n: int, what: str) -> np.ndarray:
 
 
 def _decode(ds: Dataset) -> np.ndarray:
+    """The stored values, decoded without caching them on `ds` (a cached copy per slice doubles a study)."""
     try:
-        return ds.pixel_array
+        return pixel_array(ds)
     except Exception as exc:         # pydicom raises several types; the reason is what matters
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(ts, "name", str(ts)) if ts else "unknown transfer syntax"
@@ -99,12 +101,16 @@ def _check_steps(positions: np.ndarray, normal: np.ndarray, row_dir: np.ndarray,
     return spacing
 
 
-def volume_from_datasets(datasets: Sequence[Dataset], *, min_slices: int = MIN_SLICES) -> Volume:
-    """Build the volume of one series: single-frame slices, or one enhanced multi-frame instance."""
+def volume_from_datasets(datasets: Sequence[Dataset], *, min_slices: int = MIN_SLICES,
+                         release_pixels: bool = False) -> Volume:
+    """Build the volume of one series: single-frame slices, or one enhanced multi-frame instance.
+
+    With `release_pixels`, each dataset's PixelData is deleted once decoded into the volume, so a series
+    read with deferred pixel data never holds more than one slice's stored values besides the volume."""
     if not datasets:
         raise UnsuitableSeries("the series has no images")
     if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
-        return _from_multiframe(datasets[0], min_slices)
+        return _from_multiframe(datasets[0], min_slices, release_pixels)
     if len(datasets) < min_slices:
         raise UnsuitableSeries(f"the series has {len(datasets)} image(s); a volume needs at least {min_slices}")
     sizes = {(int(d.Rows), int(d.Columns)) for d in datasets}
@@ -124,6 +130,8 @@ def volume_from_datasets(datasets: Sequence[Dataset], *, min_slices: int = MIN_S
     voxels = np.empty((len(ordered), *sizes.pop()), dtype=np.float32)
     for k, ds in enumerate(ordered):
         voxels[k] = _rescale(_decode(ds), ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+        if release_pixels:
+            del ds.PixelData
     return Volume(voxels=voxels, spacing_mm=(slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1])),
                   origin_mm=tuple(float(v) for v in positions[0]),          # type: ignore[arg-type]
                   row_direction=tuple(float(v) for v in row_dir),           # type: ignore[arg-type]
@@ -142,7 +150,7 @@ def _frame_item(ds: Dataset, k: int, seq: str) -> Dataset | None:
     return None
 
 
-def _from_multiframe(ds: Dataset, min_slices: int) -> Volume:
+def _from_multiframe(ds: Dataset, min_slices: int, release_pixels: bool = False) -> Volume:
     frames = int(ds.NumberOfFrames)
     if frames < min_slices:
         raise UnsuitableSeries(f"the image has {frames} frame(s); a volume needs at least {min_slices}")
@@ -170,6 +178,8 @@ def _from_multiframe(ds: Dataset, min_slices: int) -> Volume:
     order = np.argsort(p @ normal, kind="stable")
     slice_spacing = _check_steps(p[order], normal, row_dir, col_dir)
     pixels = _decode(ds)
+    if release_pixels:
+        del ds.PixelData
     voxels = np.empty(pixels.shape, dtype=np.float32)
     for out_k, k in enumerate(order):
         voxels[out_k] = _rescale(pixels[k], *slopes[k])

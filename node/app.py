@@ -7,15 +7,15 @@ import contextlib
 import functools
 import logging
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
-from node.compute.local import LocalBackend
-from node.compute.pipeline import Backend, JobPipeline
+from node.compute.memory import job_memory_limit_mb
+from node.compute.pipeline import Backend
+from node.compute.process import ModelProcessSpec, ProcessBackend
 from node.compute.ray_backend import RayBackend
 from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
@@ -32,6 +32,7 @@ from node.jobs.schema import head as schema_head
 from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.results.dicom import write_dicom_results
+from node.results.preview import write_previews
 from node.service import NodeService, RunningParts
 from node.settings import Settings, mask_url
 from viewer_api.app import init_app
@@ -60,7 +61,6 @@ class Node:
         self.workers: list[Worker] = []
         self.outbox: Outbox | None = None
         self.service: NodeService | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -99,6 +99,7 @@ class Node:
         self.registry = ModelRegistry(m.path, device, self._window)
         for status in await asyncio.to_thread(self.registry.check):
             logger.info("model %s: %s", status.name, "ready" if status.ready else f"unavailable: {status.reason}")
+        self.registry.unload()              # models run in the model processes (or Ray actors), not here
         return self.registry
 
     async def _start_intake(self, store: JobStore, registry: ModelRegistry) -> Ingest:
@@ -112,7 +113,7 @@ class Node:
 
     async def _start_compute(self, store: JobStore, registry: ModelRegistry) -> Backend:
         c, m, window = self.settings.compute, self.settings.models, self._window
-        writers = [write_basic_results, write_dicom_results]
+        writers = [write_basic_results, write_dicom_results, write_previews]
         if c.backend == "ray":
             self.backend = await asyncio.to_thread(functools.partial(
                 RayBackend, address=c.ray_address, num_cpus=c.ray_num_cpus, actors=c.workers,
@@ -120,11 +121,14 @@ class Node:
                 device=c.device, window=window, writers=writers))
             n_workers = len(self.backend.actors)
         else:
-            self._executor = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="inference")
-            self.backend = LocalBackend(JobPipeline(registry, writers), self._executor)
+            spec = ModelProcessSpec(m.path, c.device, window, tuple(writers),
+                                    job_memory_limit_mb(c.max_job_memory_mb, c.workers), logging.getLogger().level)
+            self.backend = await asyncio.to_thread(ProcessBackend, spec, c.workers)
             n_workers = c.workers
+        await store.requeue_interrupted(c.max_attempts)
         for i in range(n_workers):
-            worker = Worker(store, self.backend, self.settings.node.data_path / "results")
+            worker = Worker(store, self.backend, self.settings.node.data_path / "results",
+                            max_attempts=c.max_attempts)
             self.workers.append(worker)
             self._spawn(worker.run(), f"worker-{i}")
         return self.backend
@@ -178,9 +182,6 @@ class Node:
             await self._runner.cleanup()
         if self.backend is not None:
             await self.backend.close()
-        if self._executor is not None:
-            # inference threads cannot be interrupted; the job they ran is requeued at the next start
-            self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             await self.store.close()
         logger.info("segnode stopped")

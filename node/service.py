@@ -22,6 +22,7 @@ from node.intake.scp import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import Subscription
 from node.jobs.records import JobEvent, JobView
+from node.jobs.routing import SeriesInfo, explain, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
 from node.settings import Settings
@@ -106,6 +107,42 @@ class NodeService:
             if path.exists():
                 return path
         raise LookupError(f"job {job.id} has no {kind.upper()} result (state {job.state})")
+
+    def preview_file(self, job: JobView, name: str) -> Path:
+        if job.results.preview(name) is not None:
+            path = self._settings.node.data_path / "results" / job.id / name
+            if path.exists():
+                return path
+        raise LookupError(f"job {job.id} has no preview {name!r} (state {job.state})")
+
+    async def routing(self) -> dict[str, Any]:
+        """Rules in the order they are tried (each with its model's state), destinations without secrets."""
+        reasons = {r: await asyncio.to_thread(self._p.registry.unavailable_reason, r.model)
+                   for r in self._settings.rules}
+        return {"rules": [{**r.describe(), "model_state": "unavailable" if reasons[r] else "ready",
+                           "model_reason": reasons[r] or ""} for r in self._settings.rules],
+                "destinations": [d.describe() for d in self._settings.destinations]}
+
+    def dry_run(self, modality: str, body_part_examined: str = "", series_description: str = "",
+                calling_ae: str = "", instance_count: int = 1) -> dict[str, Any]:
+        """Which rule would take a series with these header values, and what every rule says about it."""
+        series = SeriesInfo("dry-run", modality, body_part_examined, series_description, calling_ae, instance_count)
+        outcome = route([series], self._settings.rules)
+        decision = outcome.decisions[0] if outcome.decisions else None
+        return {"rule": decision.rule if decision else None, "model": decision.model if decision else None,
+                "destinations": list(decision.destinations) if decision else [],
+                "ignored_reason": outcome.ignored.get("dry-run", ""),
+                "verdicts": [v.as_dict() for v in explain(series, self._settings.rules)]}
+
+    async def job_routing(self, job: JobView) -> dict[str, Any]:
+        """For each series of the job's study: what each rule (as configured now) says; the rule that took it."""
+        series = await self._p.store.series_of_intake(job.intake_id or job.id)
+        mine = set(job.series_instance_uids)
+        return {"rule": job.rule, "series": [
+            {"series_instance_uid": s.series_instance_uid, "in_this_job": s.series_instance_uid in mine,
+             "modality": s.modality, "body_part_examined": s.body_part_examined,
+             "series_description": s.series_description, "instance_count": s.instance_count,
+             "verdicts": [v.as_dict() for v in explain(s, self._settings.rules)]} for s in series]}
 
     def subscribe(self, maxsize: int, study: str | None = None) -> Subscription:
         return self._p.store.bus.subscribe(maxsize, study)

@@ -133,6 +133,8 @@ class ComputeSettings:
     ray_num_cpus: int = 2             # CPUs of the local Ray (ignored with an address)
     ray_gpus_per_actor: float = 0.0   # 1.0 puts each actor on its own GPU
     ray_cpus_per_actor: int = 0       # also the actor's torch threads; 0: ray_num_cpus // workers, or 1 on a cluster
+    max_attempts: int = 2             # runs of a job whose model process (or the node) died before it ends failed
+    max_job_memory_mb: int = 0        # a job estimated to need more fails up front; 0: the machine's memory / workers
 
     def actor_cpus(self) -> int:
         """CPUs (and so torch threads: Ray sets OMP_NUM_THREADS to it) reserved by each inference actor."""
@@ -152,6 +154,11 @@ class ComputeSettings:
             raise ConfigError(f"[compute] workers must be 1-64 (or 0 with Ray GPUs), got {self.workers}")
         if self.ray_address:
             ray_address_parts(self.ray_address)
+        if not 1 <= self.max_attempts <= 20:
+            raise ConfigError(f"[compute] max_attempts must be 1-20, got {self.max_attempts}")
+        if self.max_job_memory_mb < 0:
+            raise ConfigError(f"[compute] max_job_memory_mb must be 0 (automatic) or more, "
+                              f"got {self.max_job_memory_mb}")
         if not 0 <= self.ray_cpus_per_actor <= 256:
             raise ConfigError(f"[compute] ray_cpus_per_actor must be 0 (automatic) to 256, "
                               f"got {self.ray_cpus_per_actor}")

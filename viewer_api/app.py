@@ -6,7 +6,7 @@ import weakref
 
 from aiohttp import web
 
-from viewer_api import views, ws
+from viewer_api import insight, views, ws
 from viewer_api.auth import TokenAuth, auth_middleware
 from viewer_api.keys import JOBS, NODE, WEBSOCKETS, WS_SETTINGS
 from viewer_api.ports import JobQueries, NodeOps
@@ -30,6 +30,9 @@ def init_app(jobs: JobQueries, node: NodeOps, auth: TokenAuth | None = None, *, 
         web.get("/api/jobs", views.list_jobs), web.get("/api/jobs/{job_id}", views.get_job),
         web.post("/api/jobs/{job_id}/retry", views.retry_job), web.post("/api/jobs/{job_id}/cancel", views.cancel_job),
         web.get("/api/jobs/{job_id}/results/{kind}", views.download), web.get("/api/models", views.list_models),
+        web.get("/api/jobs/{job_id}/preview/{name}", insight.preview),
+        web.get("/api/jobs/{job_id}/routing", insight.job_routing), web.get("/api/stats", insight.stats),
+        web.get("/api/routing", insight.routing), web.get("/api/routing/dry-run", insight.dry_run),
         web.get("/api/audit", views.audit_log), web.get("/metrics", views.metrics),
         web.get("/ws/jobs", ws.jobs_socket),
     ])

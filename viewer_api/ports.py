@@ -19,7 +19,13 @@ class JobQueries(Protocol):
         """Raises LookupError when there is no such job."""
 
     async def list_jobs(self, *, state: str | None = None, study_instance_uid: str | None = None,
-                        limit: int = 100, offset: int = 0) -> list[Any]: ...
+                        limit: int = 100, offset: int = 0, modality: str | None = None, model: str | None = None,
+                        text: str | None = None) -> list[Any]:
+        """Newest first; `text` is a substring of the study UID, patient ID or patient name."""
+
+    async def hourly(self, hours: int = 24) -> list[dict[str, Any]]:
+        """Per hour, oldest first: {"hour", "instances", "finished", "failed", "latency_p50_s",
+        "latency_p95_s", "latency_n"} (latency: last instance received -> result delivered)."""
 
     async def events(self, job_id: str | None = None, *, since: int = 0, limit: int = 10000) -> list[Any]: ...
 
@@ -45,6 +51,20 @@ class NodeOps(Protocol):
 
     def result_file(self, job: Any, kind: str) -> Path:
         """The job's SEG or SR file. Raises LookupError when there is none."""
+
+    def preview_file(self, job: Any, name: str) -> Path:
+        """A preview PNG the job recorded in results.previews. Raises LookupError when there is none."""
+
+    async def routing(self) -> dict[str, Any]:
+        """{"rules": [...], "destinations": [...]}: the rules in order, destinations without secrets."""
+
+    def dry_run(self, modality: str, body_part_examined: str = "", series_description: str = "",
+                calling_ae: str = "", instance_count: int = 1) -> dict[str, Any]:
+        """Which rule would take a series with these header values ("rule": None if none), and every
+        rule's verdict."""
+
+    async def job_routing(self, job: Any) -> dict[str, Any]:
+        """Per series of the job's study, each rule's verdict; "rule": the rule that took the job."""
 
     def subscribe(self, maxsize: int, study: str | None = None) -> Subscription:
         """Job events as they are published: all of them, or only those of one study."""

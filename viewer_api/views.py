@@ -28,7 +28,7 @@ async def audit(request: web.Request, action: str, job_id: str = "", study: str 
     await request.app[JOBS].audit(p.name, p.role, action, job_id, study, request.remote or "")
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -56,7 +56,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if body.get("ok") else 503)
 
 
-async def _job(request: web.Request) -> Any:
+async def job_of(request: web.Request) -> Any:
     job_id = request.match_info["job_id"]
     try:
         return await request.app[JOBS].get(job_id)
@@ -68,24 +68,29 @@ async def list_jobs(request: web.Request) -> web.Response:
     state = request.query.get("state") or None
     if state is not None and state not in JOB_STATES:
         raise json_error(web.HTTPBadRequest, f"state must be one of {', '.join(sorted(JOB_STATES))}")
-    limit = _int_param(request, "limit", 100, 1, 1000)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
+    limit = int_param(request, "limit", 100, 1, 1000)
+    offset = int_param(request, "offset", 0, 0, 10**9)
     study = request.query.get("study") or None
-    jobs = await request.app[JOBS].list_jobs(state=state, study_instance_uid=study, limit=limit, offset=offset)
-    await audit(request, "list jobs", study=study or "")
+    text = request.query.get("q") or None
     phi = who(request).is_admin
+    if text is not None and not phi:         # the search matches patient names and IDs
+        raise json_error(web.HTTPForbidden, "searching (q=) needs the admin role; filter by study= instead")
+    jobs = await request.app[JOBS].list_jobs(state=state, study_instance_uid=study, limit=limit, offset=offset,
+                                             modality=request.query.get("modality") or None,
+                                             model=request.query.get("model") or None, text=text)
+    await audit(request, "search jobs" if text else "list jobs", study=study or "")
     return web.json_response({"jobs": [j.as_dict(phi=phi) for j in jobs], "limit": limit, "offset": offset})
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await _job(request)
+    job = await job_of(request)
     events = await request.app[JOBS].events(job.id)
     await audit(request, "view job", job.id, job.study_instance_uid)
     return web.json_response({**job.as_dict(phi=who(request).is_admin), "events": [e.as_message() for e in events]})
 
 
 async def _command(request: web.Request, name: str) -> web.Response:
-    job = await _job(request)
+    job = await job_of(request)
     try:
         event = await getattr(request.app[NODE], name)(job.id)
     except ValueError as exc:
@@ -106,7 +111,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
     if kind not in ("seg", "sr"):
         raise json_error(web.HTTPNotFound, "results are 'seg' or 'sr'")
-    job = await _job(request)
+    job = await job_of(request)
     try:
         path = request.app[NODE].result_file(job, kind)
     except LookupError as exc:
@@ -121,7 +126,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def audit_log(request: web.Request) -> web.Response:
-    return web.json_response({"audit": await request.app[JOBS].audit_log(_int_param(request, "limit", 200, 1, 5000))})
+    return web.json_response({"audit": await request.app[JOBS].audit_log(int_param(request, "limit", 200, 1, 5000))})
 
 
 async def openapi(request: web.Request) -> web.FileResponse:

@@ -1,4 +1,5 @@
-"""Jobs on this process's inference executor: the node's one `run_in_executor`."""
+"""Jobs on an executor thread of the calling process (tests and tools; the node runs jobs in model
+processes, node/compute/process.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from node.jobs.records import JobView
 
 
 class LocalBackend:
-    """Runs the JobPipeline on this process's inference executor (the one `run_in_executor` of the node)."""
+    """Runs the JobPipeline on an executor thread of this process (no isolation: a crash takes the caller)."""
 
     def __init__(self, pipeline: JobPipeline, executor: Executor) -> None:
         self.pipeline = pipeline

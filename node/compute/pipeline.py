@@ -1,7 +1,8 @@
 """One job's work, the same wherever it runs: load the series, segment, measure, write the results.
 
-JobPipeline is synchronous and runs on an executor thread (node/compute/local.py) or inside a Ray
-actor (node/compute/ray_backend.py); the Worker sees either through the Backend Protocol.
+JobPipeline is synchronous and runs in a model process (node/compute/process.py), on an executor
+thread (node/compute/local.py) or inside a Ray actor (node/compute/ray_backend.py); the Worker sees
+each through the Backend Protocol.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ def ready_detail(results: list[SeriesResult], seconds: float) -> str:
 
 
 class JobPipeline:
-    """Model + series -> results on disk. Synchronous; runs on an executor thread or inside an actor."""
+    """Model + series -> results on disk. Synchronous; runs in a model process, on a thread or in an actor."""
 
-    def __init__(self, registry: ModelRegistry, writers: Sequence[ResultWriter]) -> None:
+    def __init__(self, registry: ModelRegistry, writers: Sequence[ResultWriter], max_job_memory_mb: int = 0) -> None:
         self.registry = registry
         self.writers = list(writers)
+        self.max_job_memory_mb = max_job_memory_mb     # 0: no check
 
     def run(self, job: JobView, inputs: dict[str, Sequence[str | Path | bytes]], folder: Path,
             progress: Progress) -> Outcome:
@@ -56,7 +58,7 @@ class JobPipeline:
             for i, uid in enumerate(job.series_instance_uids):
                 def part(f: float, stage: str, i: int = i) -> None:
                     progress((i + f) / n, (f"series {i + 1}/{n}: " if n > 1 else "") + stage)
-                results.append(segment_series(uid, inputs[uid], model, part))
+                results.append(segment_series(uid, inputs[uid], model, part, self.max_job_memory_mb))
             inference_s = time.monotonic() - started
             written = JobResults()
             for writer in self.writers:

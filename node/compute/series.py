@@ -15,8 +15,10 @@ from ai.errors import UnsuitableSeries
 from ai.measure import SegmentMeasurement, measure
 from ai.segmenter import Segmenter
 from ai.volume import Volume, volume_from_datasets
+from node.compute.memory import check_fits
 
 Progress = Callable[[float, str], None]
+DEFER = "64 KB"              # elements larger than this (pixel data) are read from the file when used
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +35,30 @@ def read_series(items: Sequence[str | Path | bytes]) -> list[Dataset]:
     out = []
     for i, item in enumerate(items):
         try:
-            out.append(dcmread(BytesIO(item)) if isinstance(item, bytes) else dcmread(item))
+            # from a path, pixel data is read when decoded (and then dropped): one slice at a time in memory
+            out.append(dcmread(BytesIO(item)) if isinstance(item, bytes) else dcmread(item, defer_size=DEFER))
         except Exception as exc:        # a stored file we cannot parse: say which, not the parser's words
             name = f"#{i + 1}" if isinstance(item, bytes) else Path(item).name
             raise UnsuitableSeries(f"stored image {name} cannot be read ({type(exc).__name__})") from exc
     return out
 
 
+def check_memory(datasets: Sequence[Dataset], limit_mb: int) -> None:
+    """Refuse, up front and with the figures, a series that would need more memory than a job may have."""
+    if not datasets or not limit_mb:
+        return
+    first = datasets[0]
+    slices = int(first.get("NumberOfFrames", 1) or 1) if len(datasets) == 1 else len(datasets)
+    check_fits(slices, int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0), limit_mb)
+
+
 def segment_series(series_instance_uid: str, paths: Sequence[str | Path | bytes], model: Segmenter,
-                   progress: Progress) -> SeriesResult:
+                   progress: Progress, max_memory_mb: int = 0) -> SeriesResult:
     progress(0.02, "loading images")
     datasets = read_series(paths)
-    volume = volume_from_datasets(datasets, min_slices=model.card.min_slices)
+    check_memory(datasets, max_memory_mb)
+    # the sources keep only their headers once the volume holds the voxels (what SEG and SR reference)
+    volume = volume_from_datasets(datasets, min_slices=model.card.min_slices, release_pixels=True)
     by_uid = {str(d.SOPInstanceUID): d for d in datasets}
     sources = [by_uid[u] for u in volume.source_uids]
     progress(0.1, f"volume {'x'.join(map(str, volume.voxels.shape))}")

@@ -53,12 +53,15 @@ class ProgressReporter:
 
 class Worker:
     """Owns one claim-run-record loop: `queued -> running -> sending` (or `failed` with the reason, or back
-    to `queued` when the backend lost the job); jobs with no destination go on to `done`."""
+    to `queued` when the backend lost the job, at most `max_attempts` runs in all); jobs with no destination go
+    on to `done`."""
 
-    def __init__(self, store: JobStore, backend: Backend, results_root: Path, poll_s: float = 5.0) -> None:
+    def __init__(self, store: JobStore, backend: Backend, results_root: Path, poll_s: float = 5.0,
+                 max_attempts: int = 2) -> None:
         self._store, self._backend = store, backend
         self._results_root = results_root
         self._poll_s = poll_s
+        self._max_attempts = max_attempts
         self.inference_seconds = 0.0
         self.jobs_finished = 0
 
@@ -99,8 +102,11 @@ class Worker:
             inputs = {uid: await self._store.instance_paths(job.intake_id, uid) for uid in job.series_instance_uids}
             outcome = await self._backend.run(job, inputs, self._results_root / job.id, progress)
         except Requeue as exc:
-            await self._store.advance(job.id, JobState.QUEUED, f"requeued: {exc}")
+            await self._requeue(job, str(exc))
             return
+        except asyncio.CancelledError:      # the node is stopping: the job goes back, and this run does not count
+            await asyncio.shield(self._store.give_back(job.id, "requeued: the node stopped while it was running"))
+            raise
         except (UnsuitableSeries, ModelUnavailable) as exc:
             await self._fail(job, str(exc))
             return
@@ -118,6 +124,13 @@ class Worker:
         if not job.destinations:
             await self._store.advance(job.id, JobState.DONE, NO_DESTINATION)
         self.jobs_finished += 1
+
+    async def _requeue(self, job: JobView, reason: str) -> None:
+        """Back to the queue after a lost run (a dead model process or Ray actor), or failed after the last one."""
+        if job.attempts >= self._max_attempts:
+            await self._fail(job, f"{reason}; gave up after {job.attempts} attempt(s) ([compute] max_attempts)")
+        else:
+            await self._store.advance(job.id, JobState.QUEUED, f"requeued: {reason}")
 
     async def _fail(self, job: JobView, reason: str) -> None:
         logger.warning("job %s failed: %s", job.id, reason)

@@ -90,7 +90,8 @@ class Ingest:
                 await asyncio.sleep(1.0)
 
     async def recover(self) -> None:
-        """At start-up: drop partial files, record orphaned spool files, resume assembly, requeue jobs."""
+        """At start-up: drop partial files, record orphaned spool files, resume assembly (the compute
+        part requeues jobs a crash left running)."""
         await asyncio.to_thread(self._spool.sweep_partials)
         known = await self._store.known_paths()
         orphans = [p for p in await asyncio.to_thread(lambda: list(self._spool.iter_instances()))
@@ -103,5 +104,4 @@ class Ingest:
             logger.warning("recovery: recorded %d spooled instance(s) that had no store row", len(orphans))
         for intake_id, _study in await self._store.receiving():
             self._assembler.instance_received(intake_id)
-        await self._store.requeue_interrupted()
         self._wake.set()

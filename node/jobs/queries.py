@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from node.errors import JobNotFound
@@ -27,12 +27,22 @@ class JobReads:
             return JobView.of(job)
 
     async def list_jobs(self, *, state: str | None = None, study_instance_uid: str | None = None,
-                        limit: int = 100, offset: int = 0) -> list[JobView]:
-        q = select(Job).order_by(Job.created_at.desc()).limit(limit).offset(offset)
+                        limit: int = 100, offset: int = 0, modality: str | None = None, model: str | None = None,
+                        text: str | None = None) -> list[JobView]:
+        """Newest first. `text` (the admin's search) is a substring of the study UID, patient ID or name."""
+        q = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
         if state:
             q = q.where(Job.state == JobState(state).value)
         if study_instance_uid:
             q = q.where(Job.study_instance_uid == study_instance_uid)
+        if modality:
+            q = q.where(Job.modality == modality)
+        if model:
+            q = q.where(Job.model == model)
+        if text:
+            needle = text.lower()
+            q = q.where(or_(*(func.lower(c).contains(needle, autoescape=True)
+                              for c in (Job.study_instance_uid, Job.patient_id, Job.patient_name))))
         async with self._session() as s:
             return [JobView.of(j) for j in (await s.execute(q)).scalars().all()]
 

@@ -72,13 +72,15 @@ class JobResults:
     series: tuple[Mapping[str, Any], ...] = ()      # per series: label map file, shape, measurements
     files: tuple[ResultFile, ...] = ()
     deliveries: Mapping[str, Delivery] = field(default_factory=dict)
+    previews: tuple[Mapping[str, Any], ...] = ()    # per series: PNG file, legend, window (node/results/preview.py)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> JobResults:
         raw = raw or {}
         return cls(model=str(raw.get("model", "")), model_version=str(raw.get("model_version", "")),
                    series=tuple(raw.get("series", ())), files=tuple(ResultFile(**f) for f in raw.get("files", ())),
-                   deliveries={name: Delivery(**d) for name, d in raw.get("deliveries", {}).items()})
+                   deliveries={name: Delivery(**d) for name, d in raw.get("deliveries", {}).items()},
+                   previews=tuple(raw.get("previews", ())))
 
     def as_json(self) -> dict[str, Any]:
         """The stored and API shape; `delivered` (derived, never read back) once a destination has the files."""
@@ -87,6 +89,8 @@ class JobResults:
             out.update(model=self.model, model_version=self.model_version, series=[dict(s) for s in self.series])
         if self.files:
             out["files"] = [asdict(f) for f in self.files]
+        if self.previews:
+            out["previews"] = [dict(p) for p in self.previews]
         if self.deliveries:
             out["deliveries"] = {name: asdict(d) for name, d in self.deliveries.items()}
         if delivered := self.delivered():
@@ -111,10 +115,15 @@ class JobResults:
         """This record with what `other` (one writer's part) adds."""
         return JobResults(model=other.model or self.model, model_version=other.model_version or self.model_version,
                           series=other.series or self.series, files=self.files + other.files,
-                          deliveries={**self.deliveries, **other.deliveries})
+                          deliveries={**self.deliveries, **other.deliveries},
+                          previews=self.previews + other.previews)
 
     def file(self, kind: str) -> ResultFile | None:
         return next((f for f in self.files if f.kind == kind), None)
+
+    def preview(self, name: str) -> Mapping[str, Any] | None:
+        """The preview whose file is `name` (only names the job recorded are ever served)."""
+        return next((p for p in self.previews if p.get("file") == name), None)
 
 
 @dataclass(frozen=True, slots=True)

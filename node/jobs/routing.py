@@ -133,19 +133,47 @@ class RoutingOutcome:
         return "no rule matched: " + "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one rule says about one series: it takes it, or why not (a rule after the taker is not reached)."""
+
+    rule: str
+    takes: bool
+    why: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "takes": self.takes, "why": self.why}
+
+
+def explain(series: SeriesInfo, rules: Sequence[Rule]) -> list[Verdict]:
+    """Every rule's verdict on `series`, in order; the first rule that matches takes it, later ones are
+    reported as not reached (with whether they would have matched)."""
+    out: list[Verdict] = []
+    taker = ""
+    for rule in rules:
+        why = rule.mismatch(series)
+        if taker:
+            out.append(Verdict(rule.name, False, f"not reached: rule {taker} took it first"
+                                                 + (f" (and {why})" if why else " (it would match too)")))
+        elif why is None:
+            taker = rule.name
+            out.append(Verdict(rule.name, True))
+        else:
+            out.append(Verdict(rule.name, False, why))
+    return out
+
+
 def route(series: Sequence[SeriesInfo], rules: Sequence[Rule]) -> RoutingOutcome:
-    """Assign each series to the first rule that takes it; group a study's series by rule."""
+    """Assign each series to the first rule that takes it (see `explain`); group a study's series by rule."""
     taken: dict[str, list[str]] = {}
     ignored: dict[str, str] = {}
     for s in series:
-        reasons = []
-        for rule in rules:
-            why = rule.mismatch(s)
-            if why is None:
-                taken.setdefault(rule.name, []).append(s.series_instance_uid)
-                break
-            reasons.append(f"{rule.name}: {why}")
+        verdicts = explain(s, rules)
+        taker = next((v.rule for v in verdicts if v.takes), None)
+        if taker is not None:
+            taken.setdefault(taker, []).append(s.series_instance_uid)
         else:
+            reasons = [f"{v.rule}: {v.why}" for v in verdicts]
             ignored[s.series_instance_uid] = "; ".join(reasons) if reasons else "no routing rules configured"
     by_name = {r.name: r for r in rules}
     decisions = tuple(RouteDecision(rule=name, model=by_name[name].model,

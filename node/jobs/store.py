@@ -24,6 +24,7 @@ from node.jobs.routing import RoutingOutcome, SeriesInfo
 from node.jobs.schema import SchemaChange
 from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
+from node.jobs.stats import JobStats
 from node.jobs.writelock import WriterLock
 from node.settings import mask_url
 
@@ -38,7 +39,7 @@ async def migrate(engine: AsyncEngine) -> SchemaChange:
         return await conn.run_sync(upgrade_schema)
 
 
-class JobStore(JobReads):
+class JobStore(JobReads, JobStats):
     """Owns the job database (SQLAlchemy 2 async; SQLite WAL by default, PostgreSQL by URL).
 
     Every write goes through here, under one WriterLock; `_move` is the only place a job's state changes
@@ -213,15 +214,35 @@ class JobStore(JobReads):
             events = [JobEvent.of(r) for r in rows]
         return self._published(events)
 
-    async def requeue_interrupted(self) -> list[JobEvent]:
-        """At start-up: jobs left running by a crash or stop go back to the queue."""
+    async def requeue_interrupted(self, max_attempts: int = 0) -> list[JobEvent]:
+        """At start-up: jobs left running by a crash go back to the queue, or end failed once they have had
+        `max_attempts` runs (0: no limit), so a study that kills the node cannot put it in a crash loop."""
         async with self._write() as s:
             jobs = (await s.execute(select(Job).where(Job.state == JobState.RUNNING.value))).scalars().all()
-            rows = [self._move(s, j, JobState.QUEUED, "requeued: the node stopped while it was running", None)
-                    for j in jobs]
+            rows = []
+            for j in jobs:
+                if max_attempts and j.attempts >= max_attempts:
+                    rows.append(self._move(s, j, JobState.FAILED, f"the node stopped while it was running, "
+                                           f"{j.attempts} times; not retried again ([compute] max_attempts)", None))
+                else:
+                    rows.append(self._move(s, j, JobState.QUEUED,
+                                           "requeued: the node stopped while it was running", None))
             await s.flush()
             events = [JobEvent.of(r) for r in rows]
         return self._published(events)
+
+    async def give_back(self, job_id: str, detail: str) -> JobEvent | None:
+        """A running job the node stops on purpose goes back to the queue, and the run does not count as an
+        attempt (None if it moved on meanwhile)."""
+        async with self._write() as s:
+            job = await s.get(Job, job_id, with_for_update=True)
+            if job is None or job.state != JobState.RUNNING.value:
+                return None
+            job.attempts = max(0, job.attempts - 1)
+            row = self._move(s, job, JobState.QUEUED, detail, None)
+            await s.flush()
+            event = JobEvent.of(row)
+        return self._published([event])[0]
 
     async def claim_next(self) -> tuple[JobView, JobEvent] | None:
         """Move the oldest queued job to running; return it with its event (None when the queue is empty)."""

@@ -9,6 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from ai import slabs
 from ai.anatomy import LOCAL_SCHEME, LOCAL_SCHEME_NAME
 from ai.segmenter import ModelCard
 from node.results.ids import MANUFACTURER, SOFTWARE_VERSION, ResultIds
@@ -41,9 +42,9 @@ def declare_local_scheme(ds: Dataset, card: ModelCard) -> None:
 
 
 def present_labels(labels: np.ndarray, card: ModelCard) -> list[int]:
-    """The card's label numbers that occur in `labels`, in card order (one pass over the volume)."""
-    counts = np.bincount(labels.ravel(), minlength=256) if labels.dtype == np.uint8 else \
-        np.bincount(labels.ravel().astype(np.int64), minlength=256)
+    """The card's label numbers that occur in `labels`, in card order (one pass over the volume, in slabs:
+    bincount of a whole volume would first copy it as int64, 8x a uint8 label map)."""
+    counts = slabs.counts(labels, 255)
     return [lb.number for lb in card.labels if lb.number < counts.size and counts[lb.number]]
 
 

@@ -12,7 +12,12 @@ from pydicom import dcmread
 from node.app import Node
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.peers.bundle_layouts import WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
+from tests.peers.bundle_layouts import (
+    BTCV_LABELS,
+    WHOLE_BODY_LABELS,
+    build_btcv_on_old_monai,
+    build_layout_bundle,
+)
 from tests.peers.helpers import dciodvfy
 from tests.peers.scu import final_job, send
 from tests.peers.settings import node_settings
@@ -32,6 +37,18 @@ match = { series_description = "whole body" }
 name = "btcv"
 model = "swin-unetr-btcv"
 match = { series_description = "btcv" }
+[[rules]]
+name = "json state dict"
+model = "json-channel_def-state_dict"
+match = { series_description = "json state dict" }
+[[rules]]
+name = "config labels"
+model = "yaml-config_labels-checkpoint"
+match = { series_description = "config labels" }
+[[rules]]
+name = "torchscript"
+model = "json-channel_def-torchscript-2ch"
+match = { series_description = "torchscript" }
 """
 
 
@@ -43,6 +60,11 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_layout_bundle(root / "wholebody-105ch", names=WHOLE_BODY_LABELS, soft=5, lung=15, bone=58,
                         weights="checkpoint", net="BlocksNet")
     build_btcv_on_old_monai(root / "swin-unetr-btcv")
+    build_layout_bundle(root / "json-channel_def-state_dict", names=BTCV_LABELS, soft=6, lung=1, bone=2)
+    build_layout_bundle(root / "yaml-config_labels-checkpoint", names=PEDIATRIC, soft=1, lung=2, bone=3,
+                        config="yaml", labels="config", weights="checkpoint")
+    build_layout_bundle(root / "json-channel_def-torchscript-2ch", names=["background", "liver"], soft=1, lung=1,
+                        bone=1, weights="torchscript")
     return root
 
 
@@ -55,8 +77,11 @@ async def znode(tmp_path: Path, zoo: Path):
 
 
 @pytest.mark.parametrize(("description", "segments", "first"), [
-    ("pediatric", 3, ("Liver", "10200004")),
-    ("whole body", 104, ("Spleen", "78961009")),
+    ("pediatric", 3, ("Liver", "10200004")),                   # YAML, label_def, scripts/, named checkpoint
+    ("whole body", 104, ("Spleen", "78961009")),               # 105 channels, checkpoint dict
+    ("json state dict", 3, ("Spleen", "78961009")),            # JSON, channel_def, state dict, BTCV's names
+    ("config labels", 3, ("Liver", "10200004")),               # labels from the config's own mapping
+    ("torchscript", 1, ("Liver", "10200004")),                 # TorchScript, 2 channels
 ])
 async def test_a_bundle_job_ends_done_with_a_clean_seg_and_sr(znode: Node, description: str, segments: int,
                                                                first: tuple[str, str]) -> None:

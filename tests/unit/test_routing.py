@@ -1,7 +1,7 @@
 import pytest
 
 from node.errors import ConfigError
-from node.jobs.routing import Rule, SeriesInfo, route
+from node.jobs.routing import Rule, SeriesInfo, explain, route
 
 
 def series(uid: str = "1.1", modality: str = "CT", body: str = "CHEST", desc: str = "Thorax 1mm",
@@ -57,3 +57,14 @@ def test_no_rules_means_ignored_and_says_so() -> None:
 def test_unknown_match_key_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         Rule.from_mapping({"name": "r", "model": "m", "match": {"modallity": ["CT"]}})
+
+
+def test_explain_gives_every_rules_verdict_and_route_follows_it() -> None:
+    rules = [Rule(name="mr", model="m", modality=("MR",)), CT, Rule(name="any", model="a")]
+    verdicts = explain(series(), rules)
+    assert [(v.rule, v.takes, v.why) for v in verdicts] == [
+        ("mr", False, "modality CT not in MR"), ("ct", True, ""),
+        ("any", False, "not reached: rule ct took it first (it would match too)")]
+    assert [d.rule for d in route([series()], rules).decisions] == ["ct"]
+    later = explain(series(n=5), [Rule(name="any", model="a"), CT])
+    assert later[1].why == "not reached: rule any took it first (and 5 instance(s), rule needs at least 10)"

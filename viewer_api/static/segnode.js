@@ -4,6 +4,43 @@ const jobs = new Map();
 let token = localStorage.getItem("segnode-token") || "";
 let lastSeq = 0;
 let selected = null;
+const STATES = ["receiving", "queued", "running", "sending", "done", "failed", "cancelled", "ignored"];
+const PAGE = 200;
+let older = 0;              // how many jobs beyond the first page the "Older jobs" button has fetched
+
+function filters() {
+  return { state: document.getElementById("f-state").value, modality: document.getElementById("f-modality").value,
+    model: document.getElementById("f-model").value, q: document.getElementById("f-q").value.trim() };
+}
+
+function shown(job, f) {
+  if (f.state && job.state !== f.state) return false;
+  if (f.modality && job.modality !== f.modality) return false;
+  if (f.model && job.model !== f.model) return false;
+  if (!f.q) return true;
+  const q = f.q.toLowerCase();
+  return [job.study_instance_uid, job.patient_id, job.patient_name].some((v) => (v || "").toLowerCase().includes(q));
+}
+
+function options(id, values) {
+  const select = document.getElementById(id);
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const v of [...values].sort()) if (v && !have.has(v)) select.append(new Option(v, v));
+}
+
+// The server answers for jobs the page has not seen yet (thousands of older ones); the table filters what it has.
+async function fetchJobs(offset = 0) {
+  const f = filters(); const q = new URLSearchParams({ limit: PAGE, offset });
+  for (const k of ["state", "modality", "model", "q"]) if (f[k]) q.set(k, f[k]);
+  const note = document.getElementById("f-note");
+  try {
+    const body = await api(`/api/jobs?${q}`);
+    for (const j of body.jobs) jobs.set(j.id, j);
+    note.textContent = "";
+    document.getElementById("older").disabled = body.jobs.length < PAGE;
+  } catch (e) { note.textContent = e.message; }
+  render();
+}
 
 function headers() { return token ? { Authorization: "Bearer " + token } : {}; }
 
@@ -29,10 +66,15 @@ function cell(text, cls) { const td = document.createElement("td"); if (cls) td.
 function render() {
   const tbody = document.querySelector("#jobs tbody");
   tbody.replaceChildren();
+  const f = filters();
   const sorted = [...jobs.values()].sort((a, b) => b.created_at.localeCompare(a.created_at));
-  for (const job of sorted) {
+  options("f-modality", new Set(sorted.map((j) => j.modality)));
+  options("f-model", new Set(sorted.map((j) => j.model)));
+  const visible = sorted.filter((j) => shown(j, f));
+  document.getElementById("shown").textContent = `${visible.length} of ${jobs.size} jobs loaded`;
+  for (const job of visible) {
     const tr = document.createElement("tr");
-    tr.dataset.job = job.id;
+    tr.dataset.job = job.id; tr.tabIndex = 0;
     tr.dataset.state = job.state;
     const state = cell(""); const badge = document.createElement("span");
     badge.className = "state " + job.state; badge.textContent = job.state; state.append(badge);
@@ -51,6 +93,7 @@ function render() {
     tr.append(state, prog, cell(job.modality), cell(job.series_description), cell(patient), cell(job.model),
       cell(job.instance_count), cell(age(job.created_at)), cell(job.detail, "detail"), actions);
     tr.onclick = () => showDetail(job.id);
+    tr.onkeydown = (e) => { if (e.key === "Enter") showDetail(job.id); };
     tbody.append(tr);
   }
 }
@@ -77,6 +120,10 @@ async function showDetail(id) {
   const ol = document.getElementById("detail-events");
   ol.replaceChildren(...job.events.map((e) => { const li = document.createElement("li");
     li.textContent = `${new Date(e.at).toLocaleTimeString()} ${e.state}${e.progress != null ? " " + Math.round(100 * e.progress) + "%" : ""} — ${e.detail}`; return li; }));
+  const shownBefore = document.getElementById("detail").dataset.job;
+  document.getElementById("detail").dataset.job = id;
+  if (shownBefore !== id || job.state !== document.getElementById("detail").dataset.state) renderInsight(job);
+  document.getElementById("detail").dataset.state = job.state;
 }
 
 async function refreshJob(id) { jobs.set(id, await api(`/api/jobs/${id}`)); render(); if (selected === id) showDetail(id); }
@@ -124,6 +171,7 @@ function connect() {
     if (msg.type === "snapshot") { for (const j of msg.jobs) jobs.set(j.id, j); lastSeq = Math.max(lastSeq, msg.seq); render(); return; }
     if (msg.type === "resync") { lastSeq = msg.seq; return; }
     lastSeq = msg.seq;
+    if (["done", "failed"].includes(msg.state)) renderCharts();
     const job = jobs.get(msg.job_id);
     if (job && job.state === msg.state) { job.progress = msg.progress; job.detail = msg.detail; render(); if (selected === msg.job_id) showDetail(msg.job_id); }
     else refreshJob(msg.job_id);
@@ -131,10 +179,23 @@ function connect() {
   ws.onclose = () => { live.classList.remove("on"); setTimeout(connect, 2000); };
 }
 
+function keyboard() {
+  options("f-state", STATES);
+  for (const id of ["f-state", "f-modality", "f-model"]) document.getElementById(id).onchange = () => fetchJobs();
+  let typing = null;
+  document.getElementById("f-q").oninput = () => { render(); clearTimeout(typing); typing = setTimeout(() => fetchJobs(), 300); };
+  document.getElementById("older").onclick = () => { older += PAGE; fetchJobs(older); };
+  document.addEventListener("keydown", (e) => {
+    const inField = ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName);
+    if (e.key === "/" && !inField) { e.preventDefault(); document.getElementById("f-q").focus(); }
+    if (e.key === "Escape") { document.getElementById("detail").hidden = true; selected = null; }
+  });
+}
+
 async function start() {
-  const body = await api("/api/jobs?limit=200");
-  for (const j of body.jobs) jobs.set(j.id, j);
-  render(); health(); models(); connect();
+  keyboard();
+  await fetchJobs();
+  health(); models(); connect(); startInsight();
   setInterval(health, 5000); setInterval(render, 10000); setInterval(models, 30000);
 }
 start();

@@ -1,0 +1,52 @@
+"""How much memory a job needs, and how much this machine can give one: a job that cannot fit fails up
+front with the reason, instead of being killed by the kernel half-way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ai.errors import UnsuitableSeries
+
+MIB = 2**20
+# peak RSS of a model process per job: the float32 volume 2.5 times over (the volume itself, masks, label
+# maps, component labels, SEG frames) plus a fixed GiB for the interpreter, torch and the model
+VOLUME_FACTOR = 2.5
+FIXED_MB = 1024
+
+
+def job_need_mb(voxels: int) -> int:
+    """Estimated peak memory (MiB) of a job on a study of `voxels` voxels."""
+    return int(VOLUME_FACTOR * voxels * 4 / MIB) + FIXED_MB
+
+
+def _cgroup_limit_bytes() -> int | None:
+    for path in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text)
+    return None
+
+
+def machine_memory_mb() -> int:
+    """Physical memory, or the container's limit when lower (MiB)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = _cgroup_limit_bytes()
+    return (min(total, limit) if limit else total) // MIB
+
+
+def job_memory_limit_mb(setting_mb: int, workers: int) -> int:
+    """`[compute] max_job_memory_mb`, or (0) the machine's memory shared by the worker slots."""
+    return setting_mb or machine_memory_mb() // max(1, workers)
+
+
+def check_fits(slices: int, rows: int, columns: int, limit_mb: int) -> None:
+    """UnsuitableSeries, with the figures, when a study of this size would need more than `limit_mb`."""
+    need = job_need_mb(slices * rows * columns)
+    if limit_mb and need > limit_mb:
+        raise UnsuitableSeries(f"the series ({slices} x {rows} x {columns} voxels) needs about {need / 1024:.1f} GiB "
+                               f"of memory; this node gives a job {limit_mb / 1024:.1f} GiB ([compute] "
+                               "max_job_memory_mb, default the machine's memory / workers)")
