@@ -18,26 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydicom import dcmread
 
 from bench.common import write_result
 from node.app import Node
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets, write_datasets
-from tests.peers.mutants import mutants
+from tests.peers.mutants import decodable, mutants
 from tests.peers.orthanc import OrthancProcess
 from tests.peers.scu import send_files_to
 from tests.peers.settings import node_settings
 
 ACKNOWLEDGED = {0x0000, 0xB000, 0xB007, 0xB006}
-
-
-def decodable(path: Path) -> bool:
-    try:
-        ds = dcmread(path)
-        return ds.pixel_array.shape[-2:] == (ds.Rows, ds.Columns)
-    except Exception:
-        return False
 
 
 def tally(paths: list[Path], statuses: list, seconds: float) -> dict[str, float]:

@@ -64,15 +64,16 @@ def _pixel_module(ds: Dataset, limits: ImageLimits) -> tuple[int, int, int, int,
         raise ImageProblem(f"Rows x Columns {rows} x {cols} outside 1..{limits.max_matrix}", dataset_mismatch=True)
     if not 0 < frames <= limits.max_frames:
         raise ImageProblem(f"NumberOfFrames {frames} outside 1..{limits.max_frames}", dataset_mismatch=True)
-    spp, allocated = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated")
-    stored, high = _int(ds, "BitsStored", allocated), _int(ds, "HighBit", allocated - 1)
+    # Type 1 in the Image Pixel module: a decoder needs each of them, so none has a default here
+    spp, allocated = _int(ds, "SamplesPerPixel"), _int(ds, "BitsAllocated")
+    stored, high = _int(ds, "BitsStored"), _int(ds, "HighBit")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if allocated not in (1, 8, 16, 32, 64):
         raise ImageProblem(f"BitsAllocated {allocated} is not 1, 8, 16, 32 or 64", dataset_mismatch=True)
     if not 0 < stored <= allocated or high != stored - 1:
         raise ImageProblem(f"BitsStored {stored} / HighBit {high} inconsistent with BitsAllocated {allocated}",
                            dataset_mismatch=True)
-    if _int(ds, "PixelRepresentation", 0) not in (0, 1):
+    if _int(ds, "PixelRepresentation") not in (0, 1):
         raise ImageProblem("PixelRepresentation is not 0 or 1", dataset_mismatch=True)
     if photometric not in _SAMPLES:
         raise ImageProblem(f"PhotometricInterpretation {photometric[:16]!r} unknown", dataset_mismatch=True)

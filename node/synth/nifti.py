@@ -16,12 +16,12 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from pydicom import uid
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 
-from node.synth.series import CT_IMAGE_STORAGE, SeriesIds, encode_pixels
+from node.synth.series import RESCALE_INTERCEPT, SeriesIds, SliceGeometry, ct_slice, encode_pixels
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-HU_MIN, HU_MAX = -1024, 3071          # what 12 stored bits with intercept -1024 can hold
+HU_MIN, HU_MAX = int(RESCALE_INTERCEPT), 3071          # what 12 stored bits with intercept -1024 can hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,51 +62,6 @@ def read_lps(path: Path, dtype: type = np.float32) -> LpsImage:
                     normal=unit[2])                                      # type: ignore[arg-type]
 
 
-def _slice_dataset(image: LpsImage, k: int, stored: np.ndarray, ids: SeriesIds) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = uid.generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.PatientName, ds.PatientID = ids.patient_name, ids.patient_id
-    ds.PatientBirthDate, ds.PatientSex = "", "O"
-    ds.StudyInstanceUID = ids.study_instance_uid
-    ds.StudyDate, ds.StudyTime = "20260101", "120000"
-    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
-    ds.StudyDescription = "Converted from NIfTI"
-    ds.Modality = ids.modality
-    ds.SeriesInstanceUID = ids.series_instance_uid
-    ds.SeriesNumber = 1
-    ds.SeriesDescription = ids.series_description
-    ds.BodyPartExamined = ids.body_part_examined
-    ds.PatientPosition = "HFS"
-    ds.FrameOfReferenceUID = ids.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
-    ds.Manufacturer, ds.ManufacturerModelName = "Segnode", "NIfTI converter"
-    ds.InstanceNumber = k + 1
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    ds.AcquisitionNumber = 1
-    ds.ContentDate, ds.ContentTime = "20260101", "120000"
-    ds.PixelSpacing = [round(image.spacing_mm[1], 6), round(image.spacing_mm[2], 6)]
-    ds.SliceThickness = round(image.spacing_mm[0], 6)
-    ds.ImageOrientationPatient = [round(v, 6) for v in (*image.row_direction, *image.column_direction)]
-    pos = image.position(k)
-    ds.ImagePositionPatient = [round(v, 4) for v in pos]
-    ds.SliceLocation = round(float(np.dot(pos, image.normal)), 4)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = HU_MIN, 1, "HU"
-    ds.WindowCenter, ds.WindowWidth = 40, 400
-    ds.PixelData = stored[k].tobytes()
-    return ds
-
-
 def nifti_datasets(path: Path, ids: SeriesIds | None = None,
                    transfer_syntax: str = uid.ExplicitVRLittleEndian) -> list[Dataset]:
     """One CT Image Storage dataset per slice of the NIfTI volume at `path` (values in HU)."""
@@ -116,7 +71,12 @@ def nifti_datasets(path: Path, ids: SeriesIds | None = None,
     stored = (np.clip(np.rint(image.array), HU_MIN, HU_MAX) - HU_MIN).astype(np.uint16)
     out = []
     for k in range(stored.shape[0]):
-        ds = _slice_dataset(image, k, stored, ids)
+        pos = image.position(k)
+        where = SliceGeometry(position=pos, orientation=(*image.row_direction, *image.column_direction),
+                              pixel_spacing=(image.spacing_mm[1], image.spacing_mm[2]), thickness=image.spacing_mm[0],
+                              slice_location=float(np.dot(pos, image.normal)))
+        ds = ct_slice(ids, k, stored[k], where, study_description="Converted from NIfTI", model_name="NIfTI converter",
+                      derived=True)
         encode_pixels(ds, stored[k], transfer_syntax)
         out.append(ds)
     return out

@@ -38,6 +38,51 @@ class SeriesIds:
     modality: str = "CT"
 
 
+@dataclass(frozen=True, slots=True)
+class SliceGeometry:
+    """Where one axial CT slice lies: ImagePositionPatient, ImageOrientationPatient, spacings (mm)."""
+
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0)
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)     # between rows, between columns
+    thickness: float = 1.0
+    slice_location: float = 0.0
+
+
+def ct_slice(ids: SeriesIds, index: int, stored: np.ndarray, where: SliceGeometry, *,
+             study_description: str, model_name: str, derived: bool) -> Dataset:
+    """One CT Image Storage dataset: `stored` holds uint16 values of HU - RESCALE_INTERCEPT (12 bits)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = ids.patient_name, ids.patient_id, "", "O"
+    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = ids.study_instance_uid, "20260101", "120000"
+    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
+    ds.StudyDescription, ds.Modality = study_description, ids.modality
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = ids.series_instance_uid, 1, ids.series_description
+    ds.BodyPartExamined, ds.PatientPosition = ids.body_part_examined, "HFS"
+    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = ids.frame_of_reference_uid, ""
+    ds.Manufacturer, ds.ManufacturerModelName = "Segnode", model_name
+    ds.InstanceNumber, ds.AcquisitionNumber = index + 1, 1
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if derived else ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ContentDate, ds.ContentTime, ds.KVP = "20260101", "120000", 120
+    ds.PixelSpacing = [round(v, 6) for v in where.pixel_spacing]
+    ds.SliceThickness = round(where.thickness, 6)
+    ds.ImageOrientationPatient = [round(v, 6) for v in where.orientation]
+    ds.ImagePositionPatient = [round(v, 4) for v in where.position]
+    ds.SliceLocation = round(where.slice_location, 4)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = RESCALE_INTERCEPT, 1, "HU"
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
 def phantom_datasets(phantom: Phantom, ids: SeriesIds | None = None,
                      transfer_syntax: str = uid.ExplicitVRLittleEndian) -> list[Dataset]:
     """One CT Image Storage dataset per slice, in slice order, with file meta for `transfer_syntax`."""
@@ -46,55 +91,11 @@ def phantom_datasets(phantom: Phantom, ids: SeriesIds | None = None,
     out = []
     x0, y0, z0 = phantom.origin_mm
     for i in range(stored.shape[0]):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        ds.SOPClassUID = CT_IMAGE_STORAGE
-        ds.SOPInstanceUID = uid.generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.PatientName = ids.patient_name
-        ds.PatientID = ids.patient_id
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.StudyInstanceUID = ids.study_instance_uid
-        ds.StudyDate, ds.StudyTime = "20260101", "120000"
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.AccessionNumber = "SYNTH0001"
-        ds.StudyDescription = "Segnode synthetic phantom"
-        ds.Modality = ids.modality
-        ds.SeriesInstanceUID = ids.series_instance_uid
-        ds.SeriesNumber = 1
-        ds.SeriesDescription = ids.series_description
-        ds.BodyPartExamined = ids.body_part_examined
-        ds.PatientPosition = "HFS"
-        ds.FrameOfReferenceUID = ids.frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-        ds.Manufacturer = "Segnode"
-        ds.ManufacturerModelName = "Phantom"
-        ds.InstanceNumber = i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.AcquisitionNumber = 1
-        ds.ContentDate, ds.ContentTime = "20260101", "120000"
-        ds.KVP = 120
-        ds.PixelSpacing = [round(phantom.pixel_spacing_mm, 6)] * 2
-        ds.SliceThickness = phantom.slice_spacing_mm
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         z = z0 - i * phantom.slice_spacing_mm
-        ds.ImagePositionPatient = [round(x0, 4), round(y0, 4), round(z, 4)]
-        ds.SliceLocation = round(z, 4)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = RESCALE_INTERCEPT
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = stored[i].tobytes()
+        where = SliceGeometry(position=(x0, y0, z), pixel_spacing=(phantom.pixel_spacing_mm,) * 2,
+                              thickness=phantom.slice_spacing_mm, slice_location=z)
+        ds = ct_slice(ids, i, stored[i], where, study_description="Segnode synthetic phantom",
+                      model_name="Phantom", derived=False)
         encode_pixels(ds, stored[i], transfer_syntax)
         out.append(ds)
     return out

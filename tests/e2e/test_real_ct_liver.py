@@ -17,7 +17,7 @@ from node.models_install import install_ct_liver
 from node.synth.series import SeriesIds, write_datasets
 from tests.peers import totalseg
 from tests.peers.dcmtk import storescu
-from tests.peers.helpers import REPO, dciodvfy
+from tests.peers.helpers import REPO, dciodvfy, sr_volumes_ml
 from tests.peers.node_process import NodeProcess
 from tests.peers.orthanc import FAST_RETRY, OrthancProcess, dicom_dest, results_in
 
@@ -25,21 +25,6 @@ from tests.peers.orthanc import FAST_RETRY, OrthancProcess, dicom_dest, results_
 def example_rules_to(destination: str) -> str:
     rules = (REPO / "config" / "examples" / "abdomen-liver.toml").read_text()
     return rules.replace("destinations = []", f'destinations = ["{destination}"]')
-
-
-def liver_volume_ml(sr) -> float:
-    found = []
-
-    def walk(items) -> None:
-        for item in items:
-            code = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
-            if item.ValueType == "NUM" and code == "118565006":
-                found.append(float(item.MeasuredValueSequence[0].NumericValue))
-            if "ContentSequence" in item:
-                walk(item.ContentSequence)
-    walk(sr.ContentSequence)
-    assert len(found) == 1, found
-    return found[0]
 
 
 def test_a_real_abdominal_ct_gets_its_liver_segmented_and_sent_to_the_pacs(
@@ -64,7 +49,7 @@ def test_a_real_abdominal_ct_gets_its_liver_segmented_and_sent_to_the_pacs(
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver"]
     assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     reference_ml = np.count_nonzero(totalseg.reference_mask(totalseg.LIVER)) * 27 / 1000
-    assert liver_volume_ml(sr) == pytest.approx(reference_ml, rel=0.10)
+    assert sr_volumes_ml(sr) == [pytest.approx(reference_ml, rel=0.10)]
     for name, info in (("seg.dcm", seg_info[0]), ("sr.dcm", sr_info[0])):
         copy = tmp_path / name
         copy.write_bytes(orthanc.file(info["ID"]))

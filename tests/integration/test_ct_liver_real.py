@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from ai.ct_liver.model import CtLiver
 from ai.errors import UnsuitableSeries
@@ -27,7 +26,7 @@ from node.models_install import install_ct_liver
 from node.results.dicom import write_dicom_results
 from node.synth.series import write_datasets
 from tests.peers import totalseg
-from tests.peers.helpers import dciodvfy
+from tests.peers.helpers import dciodvfy, sr_volumes_ml
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +47,6 @@ def job_view(series_uid: str, study_uid: str) -> JobView:
                    progress=None, rule="liver", model="ct-liver", destinations=(), series_instance_uids=(series_uid,),
                    calling_ae="SCANNER", modality="CT", series_description="", instance_count=0, attempts=1,
                    results=JobResults(), created_at=now, updated_at=now)
-
-
-def sr_liver_ml(sr: Dataset) -> float:
-    """The Volume (SCT 118565006) NUM of the report's single measurement group."""
-    found: list[float] = []
-
-    def walk(items: list[Dataset]) -> None:
-        for item in items:
-            code = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
-            if item.ValueType == "NUM" and code == "118565006":
-                found.append(float(item.MeasuredValueSequence[0].NumericValue))
-            if "ContentSequence" in item:
-                walk(item.ContentSequence)
-    walk(sr.ContentSequence)
-    assert len(found) == 1
-    return found[0]
 
 
 def test_ct_liver_job_on_real_ct_matches_totalsegmentator(models_dir: Path, tmp_path: Path) -> None:
@@ -90,7 +73,7 @@ def test_ct_liver_job_on_real_ct_matches_totalsegmentator(models_dir: Path, tmp_
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         predicted[uid_to_slice[source]] |= frame
     assert dice(predicted, reference) >= 0.90
-    assert sr_liver_ml(dcmread(files["sr"])) == pytest.approx(reference_ml, rel=0.10)
+    assert sr_volumes_ml(dcmread(files["sr"])) == [pytest.approx(reference_ml, rel=0.10)]
 
 
 def test_ct_liver_finds_the_whole_liver_up_to_the_top_of_the_abdomen_scan(ct_liver: CtLiver) -> None:

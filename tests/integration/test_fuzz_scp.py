@@ -14,20 +14,11 @@ from pydicom.dataset import Dataset
 from node.app import Node
 from node.intake.dimse import StoreStatus
 from node.synth.series import write_datasets
-from tests.peers.mutants import mutants
+from tests.peers.mutants import decodable, mutants
 from tests.peers.scu import send, send_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")     # mutants make pydicom warn a lot
 ACKNOWLEDGED = {StoreStatus.SUCCESS, StoreStatus.COERCED}
-
-
-def decodable(path: Path) -> bool:
-    """What the node promises of anything it acknowledged: pydicom turns it into the declared pixels."""
-    try:
-        ds = dcmread(path)
-        return ds.pixel_array.shape[-2:] == (ds.Rows, ds.Columns)
-    except Exception:
-        return False
 
 
 @pytest.mark.parametrize("seed", [1, 2])

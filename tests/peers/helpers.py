@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -71,3 +71,18 @@ def dciodvfy(path: Path) -> Dciodvfy:
     return Dciodvfy(iod=lines[0].strip() if lines else "",
                     errors=[x for x in lines if x.startswith("Error")],
                     warnings=[x for x in lines if x.startswith("Warning")])
+
+
+def sr_volumes_ml(sr: Any) -> list[float]:
+    """Every Volume (SCT 118565006) NUM of a TID 1500 report, in content order."""
+    found: list[float] = []
+
+    def walk(items: Any) -> None:
+        for item in items:
+            code = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
+            if item.ValueType == "NUM" and code == "118565006":
+                found.append(float(item.MeasuredValueSequence[0].NumericValue))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+    walk(sr.ContentSequence)
+    return found

@@ -77,3 +77,12 @@ def mutants(source: Path, out: Path, count: int, seed: int) -> Iterator[tuple[st
         path = out / f"mutant-{n:05d}-{kind}.dcm"
         path.write_bytes(mutant)
         yield kind, path
+
+
+def decodable(path: Path) -> bool:
+    """What a receiver promises of anything it acknowledged: pydicom turns it into the declared pixels."""
+    try:
+        ds = dcmread(path)
+        return ds.pixel_array.shape[-2:] == (ds.Rows, ds.Columns)
+    except Exception:
+        return False

@@ -45,6 +45,9 @@ def test_a_valid_slice_passes(ct_series: list[Dataset]) -> None:
     (lambda ds: setattr(ds, "PhotometricInterpretation", "WEIRD"), "unknown"),
     (lambda ds: setattr(ds, "NumberOfFrames", 1000), "NumberOfFrames"),
     (lambda ds: delattr(ds, "Rows"), "Rows is missing"),
+    (lambda ds: delattr(ds, "PixelRepresentation"), "PixelRepresentation is missing"),
+    (lambda ds: delattr(ds, "SamplesPerPixel"), "SamplesPerPixel is missing"),
+    (lambda ds: delattr(ds, "PhotometricInterpretation"), "PhotometricInterpretation"),
 ])
 def test_native_images_that_cannot_be_their_header_are_refused(ct_series: list[Dataset], change, expected) -> None:
     ds = ct_series[0]
