@@ -82,8 +82,11 @@ def main() -> None:
         report("segnode", segnode)
         orthanc = orthanc_run(paths[: args.orthanc_count], root / "orthanc")
         report("orthanc", orthanc)
-    print(f"time per mutant, segnode / orthanc: {segnode['ms_per_mutant'] / orthanc['ms_per_mutant']:.2f}x "
-          "(Orthanc's includes the 2 s the sender waits for each mutant it gets no answer to)")
+    rate = {n: r["acknowledged_undecodable"] / max(1, r["acknowledged"]) for n, r in (("segnode", segnode),
+                                                                                        ("orthanc", orthanc))}
+    print(f"undecodable among acknowledged: segnode {rate['segnode']:.1%}, orthanc {rate['orthanc']:.1%}; "
+          f"time per mutant segnode / orthanc {segnode['ms_per_mutant'] / orthanc['ms_per_mutant']:.3f}x "
+          "(Orthanc's includes the 2 s the sender waits on each mutant it leaves unanswered)")
     print("wrote", write_result("fuzz_scp", {"seed": args.seed, "segnode": segnode, "orthanc": orthanc}))
     if segnode["acknowledged_undecodable"] or segnode["no_answer"]:
         sys.exit(1)
