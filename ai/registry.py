@@ -70,20 +70,25 @@ class ModelRegistry:
         return (f"no model {name!r} (known: {', '.join(self._names())}; models are read from "
                 f"{self.models_dir})")
 
+    def _card(self, name: str) -> tuple[ModelCard | None, str]:
+        """A model's card read from its folder (nothing built), or None and the reason it cannot be used."""
+        if name in BUILTIN:
+            return BUILTIN[name], ""
+        try:
+            native = self._native_dirs().get(name)
+            if native is not None:
+                check_weights(native)
+                return read_liver_card(native)[0], ""
+            return read_card(self._bundle_dirs()[name]), ""
+        except ModelUnavailable as exc:
+            return None, str(exc)
+
     def cards(self) -> list[tuple[ModelCard | None, str]]:
-        """Every model with its card, or None and the reason it cannot be used."""
-        out: list[tuple[ModelCard | None, str]] = [(card, "") for card in BUILTIN.values()]
-        for name, path in self._native_dirs().items():
-            try:
-                check_weights(path)
-                out.append((read_liver_card(path)[0], ""))
-            except ModelUnavailable as exc:
-                out.append((None, f"{name}: {exc}"))
-        for name, path in self._bundle_dirs().items():
-            try:
-                out.append((read_card(path), ""))
-            except ModelUnavailable as exc:
-                out.append((None, f"{name}: {exc}"))
+        """Every model with its card, or None and the reason (prefixed with its name) it cannot be used."""
+        out = []
+        for name in self._names():
+            card, reason = self._card(name)
+            out.append((card, f"{name}: {reason}" if reason else ""))
         return out
 
     def check(self) -> list[ModelStatus]:
@@ -115,11 +120,11 @@ class ModelRegistry:
         """The last check's result (models found since then are listed with their card, not yet built)."""
         with self._lock:
             known = dict(self._status)
-        out = [known[n] for n in known]
-        for card, error in self.cards():
-            name = card.name if card else error.split(":", 1)[0]
-            if name not in known:
-                out.append(ModelStatus(name, ready=card is not None, reason=error, card=card))
+        out = list(known.values())
+        for name in self._names():
+            if name not in known:               # only folders that appeared since the check are read here
+                card, reason = self._card(name)
+                out.append(ModelStatus(name, ready=card is not None, reason=reason, card=card))
         return out
 
     def unavailable_reason(self, name: str) -> str | None:

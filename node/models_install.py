@@ -8,7 +8,6 @@ installed folder whose weights match its card is left as it is. Nothing here run
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -18,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ai.ct_liver.convert import write_model_folder
-from ai.ct_liver.model import check_weights
+from ai.ct_liver.model import check_weights, file_sha256
 from ai.errors import ModelUnavailable
 from node.errors import SegnodeError
 
@@ -55,14 +54,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEGNODE_CACHE", Path.home() / ".cache" / "segnode"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_wheel(cache: Path | None = None) -> Path:
     """The pinned wheel in the cache, downloaded with pip (from the configured package index) on first use."""
     folder = cache or cache_dir()
@@ -76,7 +67,7 @@ def fetch_wheel(cache: Path | None = None) -> Path:
         if done.returncode != 0 or not target.exists():
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise InstallError(f"pip could not download {PACKAGE}=={VERSION}: {tail[0]}")
-    digest = _sha256(target)
+    digest = file_sha256(target)
     if digest != WHEEL_SHA256:
         target.unlink()
         raise InstallError(f"{WHEEL}: sha256 {digest} is not the pinned {WHEEL_SHA256}; deleted it, "

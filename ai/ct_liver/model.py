@@ -66,6 +66,15 @@ def read_liver_card(path: Path) -> tuple[ModelCard, dict[str, object]]:
                                "run `segnode models install ct-liver` again") from exc
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_weights(path: Path) -> Path:
     """The weight file, after checking it exists and matches the card's sha256; else ModelUnavailable."""
     _, raw = read_liver_card(path)
@@ -73,11 +82,7 @@ def check_weights(path: Path) -> Path:
     fix = "run `segnode models install ct-liver` again"
     if not weights.is_file():
         raise ModelUnavailable(f"weight file {weights.name} is missing from {path}; {fix}")
-    h = hashlib.sha256()
-    with weights.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != raw.get("weights_sha256"):
+    if file_sha256(weights) != raw.get("weights_sha256"):
         raise ModelUnavailable(f"weight file {weights.name} in {path} is corrupt (sha256 differs from the "
                                f"card); {fix}")
     return weights

@@ -93,9 +93,8 @@ def _native_length(rows: int, cols: int, frames: int, spp: int, allocated: int, 
 def _fragments(data: bytes) -> list[tuple[int, int]]:
     """(offset, length) of the items of an encapsulated Pixel Data value, Basic Offset Table first."""
     items, pos, end = [], 0, len(data)
-    little = "<"
     while pos + 8 <= end:
-        group, element, length = struct.unpack_from(f"{little}HHL", data, pos)
+        group, element, length = struct.unpack_from("<HHL", data, pos)
         if group != 0xFFFE:
             raise ImageProblem("encapsulated Pixel Data: an item tag is missing", dataset_mismatch=False)
         if element == _SEQ_END:

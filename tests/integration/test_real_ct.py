@@ -16,9 +16,8 @@ from ai.measure import dice
 from ai.volume import volume_from_datasets
 from tests.peers import totalseg
 
-# TotalSegmentator v2 "total" classes: every bone; costal cartilage (117) counted too, as in the 267 mL.
-BONES = (*range(25, 51), *range(69, 79), 91, *range(92, 117))
-BONES_AND_CARTILAGE = (*BONES, 117)
+BONES = totalseg.BONE
+BONES_AND_CARTILAGE = (*totalseg.BONE, *totalseg.COSTAL_CARTILAGE)     # as in the 267 mL
 
 
 @pytest.fixture(scope="module")

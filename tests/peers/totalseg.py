@@ -7,8 +7,6 @@ segmentations under `tests/reference_files/`. We fetch it once from the package 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
 import sys
 import tarfile
@@ -17,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ai.ct_liver.model import file_sha256
 from ai.volume import Volume, volume_from_datasets
+from node.models_install import cache_dir
 from node.synth.nifti import nifti_datasets, read_lps
 from node.synth.series import SeriesIds
 
@@ -28,19 +28,8 @@ _PREFIX = "totalsegmentator-2.18.0/tests/reference_files/"
 # TotalSegmentator v2 "total" class ids (its map_to_binary.py) for the structures the suite judges.
 LIVER = (5,)
 LUNG = (10, 11, 12, 13, 14)
-BONE = (*range(25, 51), *range(69, 78), *range(92, 117))   # sacrum, vertebrae; humeri..hips; ribs, sternum
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SEGNODE_CACHE", Path.home() / ".cache" / "segnode"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+BONE = (*range(25, 51), *range(69, 79), 91, *range(92, 117))   # sacrum, vertebrae; humeri..hips; skull; ribs, sternum
+COSTAL_CARTILAGE = (117,)
 
 
 def fetch_sdist() -> Path:
@@ -50,7 +39,7 @@ def fetch_sdist() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
                         "totalsegmentator==2.18.0", "-d", str(target.parent)], check=True)
-    digest = _sha256(target)
+    digest = file_sha256(target)
     if digest != SDIST_SHA256:
         target.unlink()
         raise RuntimeError(f"{SDIST}: sha256 {digest} is not the pinned {SDIST_SHA256}; deleted, fetch again")
