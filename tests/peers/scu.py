@@ -18,7 +18,9 @@ from tests.peers.helpers import async_wait_until
 NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
 
 
-def scu(calling: str = "SCANNER", timeout_s: float = 10) -> AE:
+def scu(calling: str = "SCANNER", timeout_s: float = 30) -> AE:
+    """A scanner-like SCU. 30 s: on a loaded 2-core CI machine an answer can take well over 10 s, and a
+    sender that gives up aborts the association, which a test would misread as the node's doing."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop in (CTImageStorage, MRImageStorage, RTPlanStorage):
@@ -43,7 +45,7 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
 
 
 def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE", calling: str = "SCANNER",
-                  timeout_s: float = 10) -> list[Dataset | None]:
+                  timeout_s: float = 30) -> list[Dataset | None]:
     """C-STORE each file's bytes exactly as they are on disk (no decode, no re-encode), blocking.
 
     None for a file the association could not carry (it was aborted); the next file gets a new one.
