@@ -76,7 +76,7 @@ class Node:
         backend = await self._start_compute(self.store, registry)
         outbox = self._start_delivery(self.store)
         assert self.spool is not None and self.registry is not None
-        self.scp = (AsyncStorageSCP(s.dicom, self.spool, ingest.record_async) if s.dicom.receiver == "asyncio"
+        self.scp = (AsyncStorageSCP(s.dicom, self.spool, ingest.record) if s.dicom.receiver == "asyncio"
                     else StorageSCP(s.dicom, self.spool, ingest.record))
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -15,7 +16,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from node.errors import InvalidUID, SpoolFull
-from node.intake.dimse import IMAGE_SOP_CLASSES, StoreStatus, dataset_mismatch
+from node.intake.dimse import IMAGE_SOP_CLASSES, StoreStatus, dataset_mismatch, store_response
 from node.intake.image_check import (
     ImageLimits,
     ImageProblem,
@@ -26,9 +27,11 @@ from node.intake.image_check import (
 from node.intake.records import instance_record
 from node.intake.spool import Spool, SpoolWrite
 from node.intake.uids import InstanceUIDs, check_uid
-from node.jobs.records import InstanceRecord
+from node.jobs.records import InstanceRecord, RecordOutcome
 
 logger = logging.getLogger(__name__)
+
+Recorder = Callable[[InstanceRecord], RecordOutcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,25 @@ class Door:
         data, record, warning = self._accepted(req)
         written = self._write(record, data, req.calling_ae)
         return Admitted(dataclasses.replace(record, path=str(written.path), size=written.size), written, warning)
+
+    def store(self, req: StoreRequest, record: Recorder) -> Dataset:
+        """The whole C-STORE, blocking: check, make durable, commit the row, and only then the status
+        (Success, or 0xB000 when values were coerced); a refusal or failure is its named status."""
+        try:
+            admitted = self.admit(req)
+        except Refused as refusal:
+            return store_response(refusal.status, refusal.comment)
+        rec = admitted.record
+        try:
+            outcome = record(rec)
+        except Exception:                              # edge: the file is safe, but unrecorded: no Success
+            logger.exception("C-STORE %s: could not record the instance", rec.sop_instance_uid)
+            return store_response(StoreStatus.OUT_OF_RESOURCES, "job store unavailable; send again later")
+        if outcome.duplicate or admitted.written.duplicate:
+            logger.debug("C-STORE %s from %s: duplicate, first copy kept", rec.sop_instance_uid, req.calling_ae)
+        if admitted.warning:
+            return store_response(StoreStatus.COERCED, admitted.warning)
+        return store_response(StoreStatus.SUCCESS)
 
     def _accepted(self, req: StoreRequest) -> tuple[bytes, InstanceRecord, str]:
         try:

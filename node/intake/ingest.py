@@ -35,10 +35,6 @@ class Ingest:
         """The SCP's recorder, on an association thread: the row commits before the SCP answers Success."""
         return self._store.record_instance_blocking(rec, then=self.recorded)
 
-    async def record_async(self, rec: InstanceRecord) -> RecordOutcome:
-        """The asyncio SCP's recorder, on the loop: concurrent associations share a commit (group commit)."""
-        return await self._store.record_instance(rec, then=self.recorded)
-
     def recorded(self, outcome: RecordOutcome) -> None:
         """On the loop, after an instance row committed (and the store published its events)."""
         if not outcome.duplicate:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.dataset import Dataset
@@ -18,23 +17,21 @@ from pynetdicom.sop_class import Verification
 
 from node.intake import upper_layer as ul
 from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
-from node.intake.door import Door, Refused, StoreRequest
+from node.intake.door import Door, Recorder, Refused, StoreRequest
 from node.intake.image_check import ImageLimits
 from node.intake.spool import Spool
-from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
 from node.tcp import set_nodelay
 
 logger = logging.getLogger(__name__)
 
-AsyncRecorder = Callable[[InstanceRecord], Awaitable[RecordOutcome]]
 _NO_LIMIT = 2**31 - 1
 
 
 class AsyncStorageSCP:
     """Owns the DICOM port on the event loop: Verification + Storage, named refusals, timeouts, limits."""
 
-    def __init__(self, settings: DicomSettings, spool: Spool, record: AsyncRecorder) -> None:
+    def __init__(self, settings: DicomSettings, spool: Spool, record: Recorder) -> None:
         self.settings = settings
         self.door = Door(spool, ImageLimits(max_matrix=settings.max_matrix, max_frames=settings.max_frames))
         self._record = record
@@ -163,31 +160,17 @@ class AsyncStorageSCP:
             data = ul.stored_file(primitive, str(context.transfer_syntax[0]))
             request = StoreRequest(data, str(context.abstract_syntax), str(context.transfer_syntax[0]),
                                    primitive.AffectedSOPInstanceUID, assoc.calling_ae)
-            status = await self._store(request)
         except Refused as refusal:
             status = store_response(refusal.status, refusal.comment)
+        else:
+            # One hop: checks, the durable write and the row commit all on one pool thread (SQLite commits
+            # there; PostgreSQL hands the row to the loop's group commit), then the status.
+            status = await asyncio.get_running_loop().run_in_executor(self._pool, self._store, request)
         return ul.store_reply(primitive, status, context_id, assoc.peer_max_pdu)
 
-    async def _store(self, request: StoreRequest) -> Dataset:
-        """Check and spool on the pool, commit the row (grouped with other associations'), then the status."""
-        loop = asyncio.get_running_loop()
+    def _store(self, request: StoreRequest) -> Dataset:
         try:
-            admitted = await loop.run_in_executor(self._pool, self.door.admit, request)
-        except Refused as refusal:
-            return store_response(refusal.status, refusal.comment)
+            return self.door.store(request, self._record)
         except Exception:                              # edge: a bug or I/O surprise becomes a failure status
-            logger.exception("C-STORE %s: could not be spooled", request.affected_sop_instance_uid)
+            logger.exception("C-STORE %s: could not be stored", request.affected_sop_instance_uid)
             return store_response(StoreStatus.OUT_OF_RESOURCES, "spool not writable on the receiving node")
-        record = admitted.record
-        try:
-            async with asyncio.timeout(self.settings.record_timeout_s):
-                outcome = await self._record(record)
-        except Exception:                              # edge: the file is safe, but unrecorded: no Success
-            logger.exception("C-STORE %s: could not record the instance", record.sop_instance_uid)
-            return store_response(StoreStatus.OUT_OF_RESOURCES, "job store unavailable; send again later")
-        if outcome.duplicate or admitted.written.duplicate:
-            logger.debug("C-STORE %s from %s: duplicate, first copy kept", record.sop_instance_uid,
-                         request.calling_ae)
-        if admitted.warning:
-            return store_response(StoreStatus.COERCED, admitted.warning)
-        return store_response(StoreStatus.SUCCESS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -14,16 +13,13 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
-from node.intake.door import Door, Refused, StoreRequest
+from node.intake.door import Door, Recorder, Refused, StoreRequest
 from node.intake.image_check import ImageLimits
 from node.intake.spool import Spool
-from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
 from node.tcp import on_conn_open
 
 logger = logging.getLogger(__name__)
-
-Recorder = Callable[[InstanceRecord], RecordOutcome]
 
 
 def _any_uid(_value: object) -> tuple[bool, str]:
@@ -108,22 +104,11 @@ class StorageSCP:
 
     def handle_store(self, event: Event) -> Dataset:
         """EVT_C_STORE: check, make durable, record, and only then answer Success (or 0xB000, coerced)."""
-        calling_ae = event.assoc.requestor.ae_title
         try:
-            admitted = self.door.admit(_request(event, calling_ae))
+            request = _request(event, event.assoc.requestor.ae_title)
         except Refused as refusal:
             return store_response(refusal.status, refusal.comment)
-        record = admitted.record
-        try:
-            outcome = self._record(record)
-        except Exception:                              # edge: the file is safe, but unrecorded: no Success
-            logger.exception("C-STORE %s: could not record the instance", record.sop_instance_uid)
-            return store_response(StoreStatus.OUT_OF_RESOURCES, "job store unavailable; send again later")
-        if outcome.duplicate or admitted.written.duplicate:
-            logger.debug("C-STORE %s from %s: duplicate, first copy kept", record.sop_instance_uid, calling_ae)
-        if admitted.warning:
-            return store_response(StoreStatus.COERCED, admitted.warning)
-        return store_response(StoreStatus.SUCCESS)
+        return self.door.store(request, self._record)
 
 
 def _request(event: Event, calling_ae: str) -> StoreRequest:

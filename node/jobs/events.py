@@ -69,14 +69,19 @@ class EventBus:
         return bell
 
     def publish(self, events: Iterable[JobEvent]) -> None:
+        """Offer each event to its subscribers; ring the doorbells only when there was one (an instance row
+        with no state change, the common case while receiving, wakes nobody)."""
+        rang = False
         for e in events:
+            rang = True
             logger.info("job %s: %s %s", e.job_id, e.state, e.detail)
             for sub in list(self._subs):
                 sub.offer(e)
             for sub in list(self._by_study.get(e.study_instance_uid, ())):
                 sub.offer(e)
-        for bell in self._doorbells:
-            bell.set()
+        if rang:
+            for bell in self._doorbells:
+                bell.set()
 
     @property
     def subscriber_count(self) -> int:
