@@ -27,6 +27,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from node.intake import wire
+
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = 1, 2, 3, 4, 5, 6, 7
 MAX_ASSOCIATE_RQ_BYTES = 2**20               # an A-ASSOCIATE-RQ is a few KB; more is not a peer we talk to
@@ -162,20 +164,28 @@ def feed(assoc: Negotiated, body: bytes) -> Iterator[tuple[int, C_STORE | C_ECHO
 
 def stored_file(request: C_STORE, transfer_syntax: str) -> bytes:
     """The DICOM file of a C-STORE request: preamble, file meta (as pynetdicom builds it), dataset as sent."""
-    meta = create_file_meta(sop_class_uid=request.AffectedSOPClassUID,
-                            sop_instance_uid=request.AffectedSOPInstanceUID, transfer_syntax=transfer_syntax)
+    meta = wire.file_meta(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
+    if meta is None:
+        meta = encode_file_meta(create_file_meta(sop_class_uid=request.AffectedSOPClassUID,
+                                                 sop_instance_uid=request.AffectedSOPInstanceUID,
+                                                 transfer_syntax=transfer_syntax))
     dataset = request.DataSet.getvalue() if isinstance(request.DataSet, BytesIO) else b""
-    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
+    return b"".join((b"\x00" * 128, b"DICM", meta, dataset))
 
 
 def store_reply(request: C_STORE, status: Dataset, context_id: int, peer_max_pdu: int) -> bytes:
+    comment = str(status.ErrorComment) if "ErrorComment" in status else None
+    fast = wire.store_rsp(int(request.MessageID), request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
+                          int(status.Status), comment, context_id, peer_max_pdu)
+    if fast is not None:
+        return fast
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo = request.MessageID
     rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
     rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
     rsp.Status = int(status.Status)
-    if "ErrorComment" in status:
-        rsp.ErrorComment = status.ErrorComment
+    if comment is not None:
+        rsp.ErrorComment = comment
     message = C_STORE_RSP()
     message.primitive_to_message(rsp)
     return _encoded(message, context_id, peer_max_pdu)
