@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, Insert, Update, bindparam, create_engine, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -104,7 +105,7 @@ class InstanceWriter:
 
     def _write(self, conn: Connection, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
         """The rows of one batch, in SQLAlchemy Core within the caller's transaction."""
-        insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+        add_instance, count_instances = _statements(conn.dialect.name)
         one_writer_sync(conn)
         outcomes: list[RecordOutcome] = []
         added: dict[str, int] = {}
@@ -116,9 +117,8 @@ class InstanceWriter:
             if intake_id is None:
                 intake_id, events = self._new_intake(conn, rec)
             intakes[rec.study_instance_uid] = intake_id
-            result = conn.execute(insert(instances).values(intake_id=intake_id, received_at=utcnow(),
-                                                           **rec.instance_values())
-                                  .on_conflict_do_nothing(index_elements=["sop_instance_uid"]))
+            result = conn.execute(add_instance, {"intake_id": intake_id, "received_at": utcnow(),
+                                                 **rec.instance_values()})
             if result.rowcount == 1:
                 added[intake_id] = added.get(intake_id, 0) + 1
                 outcomes.append(RecordOutcome(intake_id, duplicate=False, events=events))
@@ -126,10 +126,9 @@ class InstanceWriter:
                 first = conn.execute(select(instances.c.intake_id).where(
                     instances.c.sop_instance_uid == rec.sop_instance_uid)).scalar_one()
                 outcomes.append(RecordOutcome(first, duplicate=True, events=events))
-        jobs, now = Job.__table__, utcnow()
+        now = utcnow()
         for intake_id, n in added.items():
-            conn.execute(update(jobs).where(jobs.c.id == intake_id)
-                         .values(instance_count=jobs.c.instance_count + n, updated_at=now))
+            conn.execute(count_instances, {"intake": intake_id, "n": n, "now": now})
         self._next_intakes = intakes
         return outcomes
 
@@ -155,3 +154,15 @@ class InstanceWriter:
             progress=None, detail=detail, at=now))
         seq = int(result.inserted_primary_key[0])
         return job_id, (JobEvent(seq, job_id, rec.study_instance_uid, JobState.RECEIVING.value, None, detail, now),)
+
+
+@functools.cache
+def _statements(dialect: str) -> tuple[Insert, Update]:
+    """The two statements of every instance row, built once per dialect: building a statement per row
+    (and its cache key) cost more than the SQL itself."""
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    jobs = Job.__table__
+    add = insert(Instance.__table__).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    count = (update(jobs).where(jobs.c.id == bindparam("intake"))
+             .values(instance_count=jobs.c.instance_count + bindparam("n"), updated_at=bindparam("now")))
+    return add, count
