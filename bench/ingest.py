@@ -13,6 +13,7 @@ instance durable before answering Success can be faster than that on this disk.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -56,21 +57,40 @@ def durable_writes(out: Path) -> Callable[[list[Path]], None]:
     return write
 
 
-def rounds(runs: dict[str, Callable[[list[Path]], None]], batches: list[list[Path]]) -> dict[str, list[float]]:
-    """Every batch to every receiver in turn (interleaved, so a noisy moment hits them alike): seconds each."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def rounds(runs: dict[str, Callable[[list[Path]], None]], batches: list[list[Path]],
+           pids: dict[str, int]) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+    """Every batch to every receiver in turn (interleaved, so a noisy moment hits them alike): seconds each,
+    and the user and system CPU seconds each receiver process spent on it."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
     for batch in batches:
         for name, run in runs.items():
+            before = cpu_seconds(pids[name]) if name in pids else (0.0, 0.0)
             t = time.perf_counter()
             run(batch)
             times[name].append(time.perf_counter() - t)
-    return times
+            if name in pids:
+                after = cpu_seconds(pids[name])
+                cpu[name].append((after[0] - before[0], after[1] - before[1]))
+    return times, cpu
 
 
-def summary(times: dict[str, list[float]], n: int, mb: float) -> dict[str, Any]:
+def summary(measured: tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]], n: int,
+            mb: float) -> dict[str, Any]:
+    times, cpu = measured
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"rates": {k: {"instances_per_s": n / v, "mb_per_s": mb / v, "median_s": v, "all_s": times[k]}
                       for k, v in med.items()},
+            "cpu_ms_per_instance": {k: {"user": 1000 * statistics.median(u for u, _ in v) / n,
+                                        "system": 1000 * statistics.median(s for _, s in v) / n}
+                                    for k, v in cpu.items()},
             "ratios": {"segnode / storescp": med["dcmtk_storescp"] / med["segnode"],
                        "segnode / orthanc": med["orthanc"] / med["segnode"],
                        "segnode / durable write floor": med["durable_write_floor"] / med["segnode"]}}
@@ -101,14 +121,19 @@ def main() -> None:
               f"median of {args.repeat} interleaved rounds")
         for k, r in result[case]["rates"].items():
             print(f"  {k:20s} {r['instances_per_s']:8.0f} instances/s {r['mb_per_s']:7.1f} MB/s")
+        for k, v in result[case]["cpu_ms_per_instance"].items():
+            print(f"  {k:20s} CPU {v['user']:.2f} ms user + {v['system']:.2f} ms system per instance")
         for k, v in result[case]["ratios"].items():
             print(f"  {k:32s} {v:5.2f}")
     print("goal: 1 association >= 1.0 x orthanc, 4 associations >= 1.5 x orthanc; stretch >= 0.67 x storescp")
     print("wrote", write_result("ingest", result))
 
 
+Measured = tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]
+
+
 def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: int,
-            receiver: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+            receiver: str) -> tuple[Measured, Measured]:
     (tmp / "floor").mkdir()
     (tmp / "ref").mkdir()
     port = free_port()
@@ -126,8 +151,10 @@ def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: 
         runs: dict[str, Callable[[list[Path]], None]] = {
             "durable_write_floor": durable_writes(tmp / "floor"), "dcmtk_storescp": sender(port, "REF"),
             "segnode": sender(node.dicom_port, "SEGNODE"), "orthanc": sender(orthanc.dicom_port, "ORTHANC")}
-        times1 = rounds(runs, single)
-        times4 = rounds(runs, parallel)
+        assert node.proc is not None and orthanc.proc is not None
+        pids = {"dcmtk_storescp": ref.pid, "segnode": node.proc.pid, "orthanc": orthanc.proc.pid}
+        times1 = rounds(runs, single, pids)
+        times4 = rounds(runs, parallel, pids)
         total = n * (len(single) + 4 * len(parallel))
         wait_until(lambda: node.get("/api/health")["instances_received"] == total, 30, "every instance recorded")
     finally:

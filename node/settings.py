@@ -63,7 +63,7 @@ class DicomSettings:
     shutdown_grace_s: float = 30.0
     max_matrix: int = 8192
     max_frames: int = 5000
-    receiver: str = "pynetdicom"            # "pynetdicom" (threads, the proven default) or "asyncio" (see bench)
+    receiver: str = "asyncio"               # "asyncio" (one loop, no polling threads) or "pynetdicom" (threads)
 
     def __post_init__(self) -> None:
         if self.receiver not in ("asyncio", "pynetdicom"):
