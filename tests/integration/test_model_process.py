@@ -19,7 +19,7 @@ from node.jobs.records import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.helpers import async_wait_until
-from tests.peers.scu import send
+from tests.peers.scu import SCU_HANDLERS, send
 from tests.peers.settings import node_settings
 from tests.peers.stall_bundle import INFERENCE_STAGE, build_stall_bundle
 
@@ -59,7 +59,8 @@ async def node_answers(node: Node) -> None:
     def echo() -> int:
         ae = AE(ae_title="ECHOER")
         ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="SEGNODE")  # type: ignore[union-attr]
+        assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="SEGNODE",  # type: ignore[union-attr]
+                             evt_handlers=SCU_HANDLERS)
         try:
             return int(assoc.send_c_echo().Status)
         finally:

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
-from tests.peers.scu import NODELAY, scu, send
+from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
 
 TIMEOUTS = {"dicom__receiver": "asyncio", "dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
@@ -109,7 +109,7 @@ async def test_a_pdu_above_the_limit_is_aborted(tmp_path: Path) -> None:
 
 async def test_an_sender_abort_keeps_what_was_acknowledged(quick_node: Node, ct_series: list[Dataset]) -> None:
     def run() -> list[int]:
-        assoc = scu().associate("127.0.0.1", quick_node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        assoc = scu().associate("127.0.0.1", quick_node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
         statuses = [int(assoc.send_c_store(ds).Status) for ds in ct_series[:3]]
         assoc.abort()
         return statuses
@@ -143,7 +143,7 @@ async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_ser
         statuses = await send(node, [*ct_series[:2], bad])
 
         def echo() -> int:
-            assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+            assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
             try:
                 return int(assoc.send_c_echo().Status)
             finally:

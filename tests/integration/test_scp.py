@@ -16,7 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, 
 from node.app import Node
 from node.intake.dimse import StoreStatus
 from tests.peers.helpers import async_wait_until
-from tests.peers.scu import NODELAY, scu, send
+from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
 
 
@@ -92,7 +92,7 @@ def stream_files_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def send_file(node: Node, path: Path) -> Dataset:
     def run() -> Dataset:
-        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
         try:
             return assoc.send_c_store(path)        # pynetdicom streams the file's dataset bytes undecoded
         finally:
@@ -127,7 +127,7 @@ async def test_disk_below_the_floor_answers_out_of_resources(tmp_path: Path, ct_
 
 async def test_an_sop_class_we_do_not_store_is_refused_at_negotiation(node: Node) -> None:
     def run():
-        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
         try:
             return ({c.abstract_syntax for c in assoc.accepted_contexts},
                     {c.abstract_syntax for c in assoc.rejected_contexts})
@@ -143,7 +143,7 @@ async def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(tmp_path: Pat
     await node.start()
     try:
         def outcome(calling: str, called: str) -> tuple[bool, bool]:
-            assoc = scu(calling).associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title=called)
+            assoc = scu(calling).associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title=called)
             established, rejected = assoc.is_established, assoc.is_rejected
             if established:
                 assoc.release()
@@ -160,9 +160,9 @@ async def test_associations_beyond_the_cap_are_rejected(tmp_path: Path) -> None:
     await node.start()
     try:
         def run() -> list[bool]:
-            held = [scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+            held = [scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
                     for _ in range(2)]
-            extra = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+            extra = scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
             result = [a.is_established for a in held] + [extra.is_established]
             for a in held:
                 a.release()
@@ -174,7 +174,7 @@ async def test_associations_beyond_the_cap_are_rejected(tmp_path: Path) -> None:
 
 async def test_echo_answers_success(node: Node) -> None:
     def run() -> int:
-        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        assoc = scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
         try:
             return int(assoc.send_c_echo().Status)
         finally:

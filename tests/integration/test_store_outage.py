@@ -17,7 +17,7 @@ from node.app import Node
 from node.intake.dimse import StoreStatus
 from tests.peers.helpers import async_wait_until
 from tests.peers.postgres import PostgresServer
-from tests.peers.scu import NODELAY, scu, send
+from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
 
 
@@ -54,7 +54,7 @@ class PacedSender:
         self.resent: list[Dataset] = []
 
     def run(self) -> None:
-        assoc = scu().associate("127.0.0.1", self.port, evt_handlers=NODELAY, ae_title="SEGNODE")
+        assoc = scu().associate("127.0.0.1", self.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
         assert assoc.is_established
         try:
             for i, ds in enumerate(self.datasets):

@@ -15,7 +15,27 @@ from node.jobs.records import JobView
 from node.tcp import on_conn_open
 from tests.peers.helpers import async_wait_until
 
-NODELAY = [(evt.EVT_CONN_OPEN, on_conn_open)]     # the SCU side of the TCP_NODELAY trap
+
+def _scu_connection(event: evt.Event) -> None:
+    """At connection open: TCP_NODELAY (the SCU side of the trap), and no response taken by the reactor.
+
+    pynetdicom 3.0.4's SCU pauses its reactor thread before each request, but can see a stale "paused"
+    flag and send while the reactor is about to poll the message queue once more; a response that
+    arrives inside that window is taken by the reactor, logged as "unexpected C-STORE service message",
+    and dropped, and the SCU then waits out its DIMSE timeout. A node answering in ~1 ms in this same
+    process (sharing the GIL, so the reactor thread can stall in that window) hits it. A test SCU serves
+    no requests, so its reactor never needs a message: only the SCU's own blocking reads get them.
+    """
+    on_conn_open(event)
+    dimse = event.assoc.dimse
+    blocking_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[int | None, object | None]:
+        return blocking_get(block=True) if block else (None, None)
+    dimse.get_msg = get_msg
+
+
+SCU_HANDLERS = [(evt.EVT_CONN_OPEN, _scu_connection)]
 
 
 def scu(calling: str = "SCANNER", timeout_s: float = 30) -> AE:
@@ -35,7 +55,7 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
     port = node.scp.port
 
     def run() -> list[Dataset]:
-        assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title=called)
+        assoc = scu(calling).associate("127.0.0.1", port, evt_handlers=SCU_HANDLERS, ae_title=called)
         assert assoc.is_established, "association was not accepted"
         try:
             return [assoc.send_c_store(ds) for ds in datasets]
@@ -56,7 +76,7 @@ def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE", calling
     try:
         for path in paths:
             if assoc is None or not assoc.is_established:
-                assoc = scu(calling, timeout_s).associate("127.0.0.1", port, evt_handlers=NODELAY, ae_title=called)
+                assoc = scu(calling, timeout_s).associate("127.0.0.1", port, evt_handlers=SCU_HANDLERS, ae_title=called)
                 assert assoc.is_established, "association was not accepted"
             status = assoc.send_c_store(path)
             out.append(status if status else None)
