@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import faulthandler
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +16,24 @@ from node.synth.series import SeriesIds, phantom_datasets, write_datasets
 from tests.peers.bundles import build_bundle, build_threshold_bundle
 from tests.peers.postgres import PostgresServer
 from tests.peers.settings import node_settings
+
+faulthandler.register(signal.SIGUSR2, all_threads=True)     # `kill -USR2 <pytest pid>`: every thread's stack
+
+
+@pytest.fixture(autouse=True)
+async def _tasks_on_sigusr1() -> AsyncIterator[None]:
+    """`kill -USR1 <pytest pid>` prints every asyncio task's stack: what a hung async test is waiting for."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        for task in asyncio.all_tasks(loop):
+            print(f"--- {task.get_name()}: {task!r}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
 
 
 @pytest.fixture(scope="session")
