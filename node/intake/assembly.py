@@ -19,8 +19,12 @@ class StudyAssembler:
         self._now = now
         self._last_seen: dict[str, float] = {}
 
-    def instance_received(self, key: str) -> None:
+    def instance_received(self, key: str) -> bool:
+        """Note an instance of `key`; True when `key` is new, the only case that can bring the next deadline
+        forward (a known key's deadline only moves later)."""
+        new = key not in self._last_seen
         self._last_seen[key] = self._now()
+        return new
 
     def pop_stable(self) -> list[str]:
         """Keys quiet for at least the quiet period, oldest first; they are forgotten once returned."""

@@ -39,8 +39,8 @@ class Ingest:
         """On the loop, after an instance row committed (and the store published its events)."""
         if not outcome.duplicate:
             self.instances_received += 1
-        self._assembler.instance_received(outcome.intake_id)
-        self._wake.set()
+        if self._assembler.instance_received(outcome.intake_id):
+            self._wake.set()         # a new study: its deadline may come before the one being waited for
 
     async def route_stable(self) -> int:
         """Route every intake that has been quiet long enough; return how many were routed."""
