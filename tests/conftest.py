@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import os
 import signal
-import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,23 +18,27 @@ from tests.peers.bundles import build_bundle, build_threshold_bundle
 from tests.peers.postgres import PostgresServer
 from tests.peers.settings import node_settings
 
-faulthandler.register(signal.SIGUSR2, all_threads=True)     # `kill -USR2 <pytest pid>`: every thread's stack
+# Diagnostics for a hung run (pytest captures fd 2, so they go to a file): `kill -USR2 <pytest pid>` writes
+# every thread's stack, `kill -USR1` every asyncio task's, to $TMPDIR/segnode-pytest-<pid>-stacks.txt.
+STACKS = open(Path(tempfile.gettempdir()) / f"segnode-pytest-{os.getpid()}-stacks.txt", "a")  # noqa: SIM115
+faulthandler.register(signal.SIGUSR2, file=STACKS, all_threads=True)
 
 
-@pytest.fixture(autouse=True)
-async def _tasks_on_sigusr1() -> AsyncIterator[None]:
-    """`kill -USR1 <pytest pid>` prints every asyncio task's stack: what a hung async test is waiting for."""
-    loop = asyncio.get_running_loop()
-
-    def dump() -> None:
-        for task in asyncio.all_tasks(loop):
-            print(f"--- {task.get_name()}: {task!r}", file=sys.stderr)
-            task.print_stack(file=sys.stderr)
-    loop.add_signal_handler(signal.SIGUSR1, dump)
+def _dump_tasks(_signum: int, _frame: object) -> None:
+    """Every asyncio task's stack: what a hung async test is waiting for. A plain signal handler: it runs
+    on the main thread, where the tests' event loop runs."""
     try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGUSR1)
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        print("SIGUSR1: no event loop is running", file=STACKS)
+        return
+    for task in tasks:
+        print(f"--- {task.get_name()}: {task!r}", file=STACKS)
+        task.print_stack(file=STACKS)
+    STACKS.flush()
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)
 
 
 @pytest.fixture(scope="session")
