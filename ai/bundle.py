@@ -34,7 +34,7 @@ from ai.bundle_files import (
     state_dict_of,
     weights_file,
 )
-from ai.bundle_post import LabelPlan, channel_argmax, nearest_labels, plan_labels
+from ai.bundle_post import LabelPlan, channel_argmax, labels_to_grid, plan_labels
 from ai.device import to_device
 from ai.errors import ModelUnavailable
 from ai.segmenter import ModelCard, Progress, check_suitable
@@ -221,7 +221,7 @@ class BundleSegmenter:
         del scores
         if plan.on_network_labels:
             labels = _as_labels(_run(plan.on_network_labels, {**data, "pred": wrap(labels[None])}))[0]
-        out = nearest_labels(labels.cpu().numpy(), net_affine, affine, shape)
+        out = labels_to_grid(labels.cpu().numpy(), net_affine, affine, shape, linear=plan.linear)
         if plan.on_source_labels:
             source = MetaTensor(torch.from_numpy(out)[None], affine=torch.from_numpy(affine))
             out = _as_labels(_run(plan.on_source_labels, {"pred": source}))[0].cpu().numpy()
