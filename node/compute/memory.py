@@ -3,6 +3,7 @@ front with the reason, instead of being killed by the kernel half-way."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -18,6 +19,23 @@ FIXED_MB = 1024
 def job_need_mb(voxels: int) -> int:
     """Estimated peak memory (MiB) of a job on a study of `voxels` voxels."""
     return int(VOLUME_FACTOR * voxels * 4 / MIB) + FIXED_MB
+
+
+_M_MMAP_THRESHOLD = -3               # glibc's malloc.h
+OWN_MAPPING_BYTES = 4 * 2**20
+
+
+def return_freed_memory_promptly() -> bool:
+    """In a process that runs jobs: serve each allocation of 4 MiB or more from its own mapping, which goes
+    back to the kernel when freed. glibc's default raises that threshold after such a free (up to 32 MiB),
+    so a job's slab-sized temporaries then come from the heap, whose freed middle is never returned: a model
+    process kept 0.7 GiB it no longer used after the liver network, and its peak rose by 0.3 GiB. False
+    where the C library is not glibc (nothing to tune)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, OWN_MAPPING_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def _cgroup_limit_bytes() -> int | None:
