@@ -51,12 +51,12 @@ class _Stats:
         self.m2 = self.m2 + m2 + delta.square() * (self.n * n / total)
         self.n = total
 
-    def norm_act(self, slab: torch.Tensor) -> torch.Tensor:
-        """norm_act of these rows with the whole map's statistics (a new tensor)."""
+    def norm_act_(self, slab: torch.Tensor) -> torch.Tensor:
+        """norm_act of these rows with the whole map's statistics, in place."""
         assert self.mean is not None and self.m2 is not None, "statistics of an empty map"
         mean = self.mean.to(slab.dtype)[:, None, None, None]
         std = (self.m2 / self.n).sqrt().add(_EPS).to(slab.dtype)[:, None, None, None]
-        return F.leaky_relu_((slab - mean).div_(std), _SLOPE)
+        return F.leaky_relu_(slab.sub_(mean).div_(std), _SLOPE)
 
 
 class _Rows:
@@ -71,13 +71,14 @@ class _Rows:
 
     def get(self, lo: int, hi: int, stats: _Stats) -> torch.Tensor:
         """norm_act of rows [lo, hi), zero outside the map (the next convolution's 'same' padding)."""
+        a, b = max(lo, 0), min(hi, self.n)
         first = self.parts[0][1]
-        out = first.new_zeros((first.shape[0], hi - lo, *first.shape[2:]))
+        out = first.new_empty((first.shape[0], b - a, *first.shape[2:]))
         for start, part in self.parts:
-            a, b = max(lo, start), min(hi, start + part.shape[1])
-            if a < b:
-                out[:, a - lo:b - lo] = stats.norm_act(part[:, a - start:b - start])
-        return out
+            i, j = max(a, start), min(b, start + part.shape[1])
+            if i < j:
+                out[:, i - a:j - a] = part[:, i - start:j - start]
+        return _pad_rows(stats.norm_act_(out), lo, hi, a, b)
 
     def drop_before(self, row: int) -> None:
         self.parts = [(s, p) for s, p in self.parts if s + p.shape[1] > row]
@@ -98,6 +99,11 @@ def _conv(conv: nn.Conv3d, rows: torch.Tensor, weight: torch.Tensor | None = Non
     w = conv.weight if weight is None else weight
     return F.conv3d(rows[None], w, conv.bias if with_bias else None,
                     padding=(0, pad[1], pad[2]) if pad_in_plane else 0)[0]
+
+
+def _pad_rows(rows: torch.Tensor, lo: int, hi: int, a: int, b: int) -> torch.Tensor:
+    """Rows [a, b) as rows [lo, hi), zero where they are missing."""
+    return rows if (a, b) == (lo, hi) else F.pad(rows, (0, 0, 0, 0, a - lo, hi - b))
 
 
 def _zero_outside(rows: torch.Tensor, lo: int, n: int) -> torch.Tensor:
@@ -135,7 +141,7 @@ def lean_forward(net: LiverUNet, x: torch.Tensor, slab: int = SLAB) -> torch.Ten
 
     def down1b_rows(lo: int, hi: int, window: bool = False) -> torch.Tensor:
         """down1b's rows [lo, hi); with `window`, only the output window's part of them in plane."""
-        below = _zero_outside(d1a.norm_act(down1a_rows(lo - 1, hi + 1)), lo - 1, a0)
+        below = _zero_outside(d1a.norm_act_(down1a_rows(lo - 1, hi + 1)), lo - 1, a0)
         if not window:
             return _conv(convs["down1b"], below)
         cut = below[:, :, crop - 1:crop + out_size[1] + 1, crop - 1:crop + out_size[2] + 1]
@@ -158,20 +164,13 @@ def lean_forward(net: LiverUNet, x: torch.Tensor, slab: int = SLAB) -> torch.Ten
     def skip_rows(lo: int, hi: int) -> torch.Tensor:
         """norm_act of rows [lo, hi) of the cropped skip, zero outside it (its 'same' padding)."""
         a, b = max(lo, 0), min(hi, out_size[0])
-        out = path3.new_zeros((path3.shape[0], hi - lo, *out_size[1:]))
-        out[:, a - lo:b - lo] = skip_stats.norm_act(down1b_rows(a + crop, b + crop, window=True))
-        return out
+        return _pad_rows(skip_stats.norm_act_(down1b_rows(a + crop, b + crop, window=True)), lo, hi, a, b)
 
     def up_rows(lo: int, hi: int) -> torch.Tensor:
-        """Rows [lo, hi) of upsample(path3), zero outside the map."""
-        lo_in, hi_in = max(lo, 0), min(hi, out_size[0])
-        out = path3.new_zeros((path3.shape[0], hi - lo, *out_size[1:]))
-        if lo_in < hi_in:
-            r0, r1 = lo_in // 3, (hi_in + 1) // 3 + 1
-            near = F.interpolate(path3[None, :, r0:r1], scale_factor=3, mode="nearest")
-            part = F.avg_pool3d(near[:, :, lo_in - 3 * r0:hi_in + 2 - 3 * r0], 3, stride=1)[0]
-            out[:, lo_in - lo:hi_in - lo] = part
-        return out
+        """Rows [lo, hi) of upsample(path3), inside the map."""
+        r0, r1 = lo // 3, (hi + 1) // 3 + 1
+        near = F.interpolate(path3[None, :, r0:r1], scale_factor=3, mode="nearest")
+        return F.avg_pool3d(near[:, :, lo - 3 * r0:hi + 2 - 3 * r0], 3, stride=1)[0]
 
     up_stats = _Stats()
     for lo in range(0, out_size[0], slab):
@@ -183,8 +182,10 @@ def lean_forward(net: LiverUNet, x: torch.Tensor, slab: int = SLAB) -> torch.Ten
     for lo in range(0, out_size[0], slab):
         hi = min(lo + slab, out_size[0])
         out = _conv(conv, skip_rows(lo - 1, hi + 1), conv.weight[:, :n_skip])
-        path = _zero_outside(up_stats.norm_act(up_rows(lo - 1, hi + 1)), lo - 1, out_size[0])
+        a, b = max(lo - 1, 0), min(hi + 1, out_size[0])
+        path = _pad_rows(up_stats.norm_act_(up_rows(a, b)), lo - 1, hi + 1, a, b)
         out += _conv(conv, path, conv.weight[:, n_skip:], with_bias=False)
+        del path
         up1a.put(lo, out)
     up1a_stats = up1a.stats()
     up1b = _Rows(out_size[0])
