@@ -37,7 +37,7 @@ from ai.bundle_files import (
 from ai.bundle_post import LabelPlan, channel_argmax, labels_to_grid, plan_labels
 from ai.device import to_device
 from ai.errors import ModelUnavailable
-from ai.segmenter import ModelCard, Progress, check_suitable
+from ai.segmenter import MemoryProfile, ModelCard, Progress, check_suitable
 from ai.volume import Volume
 
 _SKIP = re.compile(r"^(LoadImage|SaveImage)")
@@ -131,6 +131,23 @@ class BundleSegmenter:
             sw_batch_size=w.sw_batch_size or getattr(base, "sw_batch_size", 4),
             overlap=w.overlap if w.overlap is not None else getattr(base, "overlap", 0.25),
             mode=getattr(base, "mode", "gaussian") if base is not None else "gaussian")
+
+    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
+        """The volume, then per network-grid voxel (r of them per source voxel, from Spacingd's pixdim): the
+        lazy resampling's float32 grid and output (~7.5 floats), or the sliding window's C channels, count map
+        and input; with a postprocessing run as written, C channels and a sampling grid on the source grid.
+        Calibrated on bench/memory.py's 4-channel bundle on a 1.5 mm grid (measured 0.38 GiB + 2.30 x the
+        volume)."""
+        pixdim = next((np.asarray(t.spacing_transform.pixdim, np.float64)
+                       for t in getattr(self.preprocessing, "transforms", []) if hasattr(t, "spacing_transform")),
+                      None)
+        ratio = 1.0 if pixdim is None or pixdim.size != 3 or (pixdim <= 0).any() else \
+            float(np.prod(spacing_mm) / np.prod(pixdim))
+        channels = max(label.number for label in self.card.labels) + 1
+        factor = 1.1 + ratio * max(7.5, channels + 4.0)
+        if self.plan is None:
+            factor += channels + 7.0
+        return MemoryProfile(fixed_mb=768, volume_factor=factor)
 
     def _load_network(self, parser: ConfigParser) -> torch.nn.Module:
         path, key = weights_file(self.path, parser)

@@ -26,7 +26,7 @@ from ai.ct_liver.preprocess import (
     volume_network_input,
 )
 from ai.errors import ModelUnavailable, UnsuitableSeries
-from ai.segmenter import LabelSpec, ModelCard, Progress, check_suitable
+from ai.segmenter import LabelSpec, MemoryProfile, ModelCard, Progress, check_suitable
 from ai.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,11 @@ class CtLiver:
         self.card, self.raw_card = read_liver_card(path)
         self.net = load_network(path, self.device)
         assert all(t % INPUT_MULTIPLE == 0 for t in TILE)
+
+    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
+        """One tile's working set (0.64 GB, whatever the study) on top of the process, then little per slice:
+        measured 1.0 GiB + 1.14 x the volume (32-1,600 slices of 512 x 512; bench/RESULTS.md)."""
+        return MemoryProfile(fixed_mb=1152, volume_factor=1.25)
 
     def predict(self, volume: Volume, progress: Progress | None = None) -> np.ndarray:
         check_suitable(self.card, volume)
