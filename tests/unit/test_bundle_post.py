@@ -87,6 +87,21 @@ def test_labels_inverted_with_nearest_interp_match_the_bundle_s_own_path(tmp_pat
         assert dice(labels == label, truth == structure) >= {1: 0.98, 2: 0.92, 3: 0.96}[label], label
 
 
+def test_a_bundle_that_does_not_reorient_sees_the_volume_as_itk_loads_it(tmp_path: Path, phantom) -> None:
+    truth, volume = phantom
+    root = build_threshold_bundle(tmp_path / "b", pixdim=3.0)
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"] = [t for t in config["preprocessing"]["transforms"]
+                                             if t["_target_"] != "Orientationd"]
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    model = BundleSegmenter(root)
+    assert not model._reorients and model.plan is not None
+    labels = model.predict(volume)
+    assert labels.shape == volume.voxels.shape
+    for label, structure in ANATOMY.items():
+        assert dice(labels == label, truth == structure) >= {1: 0.98, 2: 0.94, 3: 0.95}[label], label
+
+
 def test_a_postprocessing_that_cannot_be_rearranged_runs_as_written_with_a_warning(tmp_path: Path, phantom) -> None:
     truth, volume = phantom
     other = {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x * 2.0"}    # on source-grid scores
