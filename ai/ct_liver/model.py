@@ -146,7 +146,7 @@ class CtLiver:
         assert all(t % INPUT_MULTIPLE == 0 for t in TILE)
 
     def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
-        """One tile's working set (0.64 GB, whatever the study) on top of the process, then little per slice:
+        """One tile's working set (0.6 GiB, whatever the study) on top of the process, then little per slice:
         measured 1.0 GiB + 1.14 x the volume (32-1,600 slices of 512 x 512; bench/RESULTS.md)."""
         return MemoryProfile(fixed_mb=1152, volume_factor=1.25)
 

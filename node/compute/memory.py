@@ -30,7 +30,7 @@ def return_freed_memory_promptly() -> bool:
     """In a process that runs jobs: serve each allocation of 4 MiB or more from its own mapping, which goes
     back to the kernel when freed. glibc's default raises that threshold after such a free (up to 32 MiB),
     so a job's slab-sized temporaries then come from the heap, whose freed middle is never returned: a model
-    process kept 0.7 GiB it no longer used after the liver network, and its peak rose by 0.3 GiB. False
+    process kept 0.6 GiB it no longer used after the liver network, and its peak rose by 0.3 GiB. False
     where the C library is not glibc (nothing to tune)."""
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 BENCH_SPACING = (1.0, 400 / 512, 400 / 512)          # bench/memory.py's phantom: 512 x 512, 400 mm, 1 mm slices
 # peak RSS (MiB) of one job in a model process by slices of 512 x 512, bench/memory.py (bench/RESULTS.md)
 MEASURED = {
-    "ct-basic": {60: 632, 200: 929, 800: 2416, 1600: 4439},
-    "bundle": {60: 615, 200: 854, 800: 2233, 1600: 4072},
-    "ct-liver": {32: 1064, 60: 1113, 200: 1249, 800: 1926, 1600: 2843},
+    "ct-basic": {60: 632, 200: 920, 800: 2416, 1600: 4439},
+    "bundle": {60: 616, 200: 854, 800: 2233, 1600: 4071},
+    "ct-liver": {32: 1064, 60: 1134, 200: 1272, 800: 1961, 1600: 2841},
 }
 
 
