@@ -193,7 +193,9 @@ class BundleSegmenter:
         del x
         report(0.9, "labels back onto the source grid")
         if self.plan is not None and self.plan.takes(scores.shape[0]):
-            labels = self._labels_by_plan(self.plan, data, scores, affine, shape)
+            net_labels, net_affine = self._network_labels(self.plan, data, scores)
+            del scores, data                      # the scores' C channels are not needed past the argmax
+            labels = self._source_labels(self.plan, net_labels, net_affine, affine, shape)
         else:
             labels = self._bundle_postprocessing(data, scores.float())
         if labels.shape != shape:
@@ -221,13 +223,11 @@ class BundleSegmenter:
         report(0.85, "inference done")
         return out
 
-    def _labels_by_plan(self, plan: LabelPlan, data: dict[str, Any], scores: torch.Tensor, affine: np.ndarray,
-                        shape: tuple[int, ...]) -> np.ndarray:
-        """Labels on the network grid, then on the source grid (ai/bundle_post.py): never C x the volume."""
+    def _network_labels(self, plan: LabelPlan, data: dict[str, Any],
+                        scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 labels on the network grid (the plan's steps up to Invertd), and that grid's affine."""
         image = data["image"]
         net_affine, meta = image.affine.detach().cpu().numpy().astype(np.float64), dict(image.meta)
-        if not (plan.on_scores or plan.on_network_labels):
-            data.clear()                          # nothing needs the network-grid image any more
         del image
 
         def wrap(t: torch.Tensor) -> MetaTensor:
@@ -235,9 +235,14 @@ class BundleSegmenter:
         if plan.on_scores:
             scores = _run(plan.on_scores, {**data, "pred": wrap(scores)})
         labels = plan.discrete(scores)
-        del scores
         if plan.on_network_labels:
             labels = _as_labels(_run(plan.on_network_labels, {**data, "pred": wrap(labels[None])}))[0]
+        return labels, net_affine
+
+    def _source_labels(self, plan: LabelPlan, labels: torch.Tensor, net_affine: np.ndarray, affine: np.ndarray,
+                       shape: tuple[int, ...]) -> np.ndarray:
+        """The network-grid labels on the grid of the image the preprocessing got (ai/bundle_post.py), then the
+        plan's steps after Invertd: never C x the volume."""
         out = labels_to_grid(labels.cpu().numpy(), net_affine, affine, shape, linear=plan.linear)
         if plan.on_source_labels:
             source = MetaTensor(torch.from_numpy(out)[None], affine=torch.from_numpy(affine))
