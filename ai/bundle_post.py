@@ -96,11 +96,12 @@ def _discrete_step(t: object) -> tuple[bool, float | None] | None:
 
 
 def plan_labels(postprocessing: object) -> LabelPlan | None:
-    """The label plan of a bundle's postprocessing (None: no postprocessing, or a Compose of transforms),
-    or None when it cannot be rearranged: work on the source-grid scores other than activations before the
-    discrete step, or a postprocessing that is not a Compose."""
+    """The label plan of a bundle's postprocessing (a Compose, or None when the bundle has none), or None
+    when it cannot be rearranged: steps on the source-grid scores other than activations before the
+    discrete step, steps after Invertd with no discrete step at all, or a postprocessing that is not a
+    Compose."""
     if postprocessing is None:
-        steps: list[object] = []
+        steps: list[Any] = []
     elif isinstance(postprocessing, Compose):
         steps = list(postprocessing.transforms)
     else:
@@ -108,7 +109,7 @@ def plan_labels(postprocessing: object) -> LabelPlan | None:
     invert = next((i for i, t in enumerate(steps) if isinstance(t, Invertd) and _acts_on_pred(t)), len(steps))
     found = next(((i, d) for i, t in enumerate(steps) if (d := _discrete_step(t)) is not None), None)
     if found is None:
-        return LabelPlan(tuple(steps[:invert]), False, None, (), tuple(steps[invert + 1:]))  # type: ignore[arg-type]
+        return None if steps[invert + 1:] else LabelPlan(tuple(steps[:invert]), False, None, (), ())
     at, (argmax, threshold) = found
     before = steps[:at]
     if at > invert:                       # the bundle inverts scores, then discretises: move the step forward
@@ -118,9 +119,8 @@ def plan_labels(postprocessing: object) -> LabelPlan | None:
     if argmax:
         before = [t for t in before if not _keeps_argmax(t)]
     network_labels = steps[at + 1:invert] if at < invert else []
-    source_labels = steps[max(at, invert) + 1:]
-    return LabelPlan(tuple(before), argmax, threshold, tuple(network_labels),  # type: ignore[arg-type]
-                     tuple(source_labels), linear=at > invert)
+    return LabelPlan(tuple(before), argmax, threshold, tuple(network_labels), tuple(steps[max(at, invert) + 1:]),
+                     linear=at > invert)
 
 
 def _extended(labels: np.ndarray) -> np.ndarray:

@@ -154,6 +154,7 @@ def test_plans_for_the_published_orders() -> None:
     assert none is not None and none.linear and none.discrete(torch.tensor([[[[0.2, 0.7]]]])).tolist() == [[[0, 1]]]
     assert plan_labels(Compose([softmax, inv, Lambdad(keys="pred", func=lambda x: x), AsDiscreted(
         keys="pred", argmax=True)])) is None
+    assert plan_labels(Compose([inv, softmax])) is None              # scores on the source grid, no labels taken
 
 
 def reference_resample(labels: np.ndarray, to_labels: np.ndarray, out_shape: tuple[int, int, int],
