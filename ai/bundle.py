@@ -3,9 +3,12 @@
 Layouts (JSON or YAML config, channel_def or label_def, scripts/, state dict, checkpoint or TorchScript):
 see ai/bundle_files.py. Nothing is ever downloaded.
 
-Axes: MONAI sees the volume as MONAI's ITK reader would load DICOM, (column, row, slice) = (x, y, z)
-with a RAS affine; the label map is brought back onto the source grid (the bundle's Invertd, or the
-inverse of its preprocessing) and returned in ai/'s (slice, row, column).
+Axes: a bundle that reorients (Orientationd) gets the volume's own array, (slice, row, column), without a
+copy, and a RAS affine saying so; its preprocessing runs lazily (MONAI fuses orientation and spacing into
+one float32 resampling, so the volume is neither flipped into a copy nor widened to float64). A bundle that
+does not reorient sees the volume as MONAI's ITK reader would load DICOM, (column, row, slice) = (x, y, z).
+Labels come back onto the source grid as uint8 (ai/bundle_post.py) and are returned in ai/'s
+(slice, row, column).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from ai.bundle_files import (
     state_dict_of,
     weights_file,
 )
+from ai.bundle_post import LabelPlan, channel_argmax, labels_to_grid, plan_labels
 from ai.device import to_device
 from ai.errors import ModelUnavailable
-from ai.segmenter import ModelCard, Progress, check_suitable
+from ai.segmenter import MemoryProfile, ModelCard, Progress, check_suitable
 from ai.volume import Volume
 
 _SKIP = re.compile(r"^(LoadImage|SaveImage)")
@@ -62,30 +66,26 @@ def _strip_io(parser: ConfigParser, key: str) -> None:
         parser.set({**raw, "transforms": kept}, key)
 
 
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
 def _ras_affine(volume: Volume) -> np.ndarray:
     """Affine of the (column, row, slice) array in RAS mm."""
-    lps = np.eye(4)
-    lps[:3, 0] = np.array(volume.row_direction) * volume.spacing_mm[2]
-    lps[:3, 1] = np.array(volume.column_direction) * volume.spacing_mm[1]
-    lps[:3, 2] = volume.normal * volume.spacing_mm[0]
-    lps[:3, 3] = volume.origin_mm
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return _LPS_TO_RAS @ volume.affine[:, [2, 1, 0, 3]]
 
 
-def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """`scores.argmax(0)` as uint8 labels for up to 256 channels (the first channel wins a tie, as in argmax).
+def _fingerprint(voxels: np.ndarray) -> float:
+    return float(np.sum(voxels, dtype=np.float64))
 
-    torch's argmax over the outermost axis of a (C, X, Y, Z) volume runs ~5x slower on the CPU than these
-    C - 1 element-wise passes (3.7 s against 0.7 s for 4 x 384 x 384 x 150); it was a fifth of a bundle's time.
-    """
-    if not 1 <= scores.shape[0] <= 256:
-        raise ValueError(f"channel_argmax takes 1-256 channels, got {scores.shape[0]}")
-    best = scores[0].clone()
-    labels = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
-    for c in range(1, scores.shape[0]):
-        labels.masked_fill_(scores[c] > best, c)
-        torch.maximum(best, scores[c], out=best)
-    return labels
+
+def _run(steps: tuple[Any, ...], data: dict[str, Any]) -> torch.Tensor:
+    for t in steps:
+        data = t(data)
+    return torch.as_tensor(data["pred"])
+
+
+def _as_labels(t: torch.Tensor) -> torch.Tensor:
+    return t.round().to(torch.uint8) if t.is_floating_point() else t.to(torch.uint8)
 
 
 class BundleSegmenter:
@@ -111,14 +111,43 @@ class BundleSegmenter:
                 base = parser.get_parsed_content("inferer") if "inferer" in parser else None
             except Exception as exc:
                 raise ModelUnavailable(f"bundle {bundle.name}: transforms: {explain(exc)}") from None
-        self._channel_first = any(type(t).__name__.startswith("EnsureChannelFirst")
-                                  for t in getattr(self.preprocessing, "transforms", []))
+        steps = getattr(self.preprocessing, "transforms", [])
+        self._channel_first = any(type(t).__name__.startswith("EnsureChannelFirst") for t in steps)
+        self._reorients = isinstance(self.preprocessing, Compose) and any(
+            type(t).__name__.startswith("Orientation") for t in steps)
+        if self._reorients:
+            # one fused float32 resampling: Spacingd alone would flip a copy of the volume, then widen it to
+            # float64 (2 x the volume) and build a float64 sampling grid
+            self.preprocessing.lazy = True
+            self.preprocessing.overrides = {"image": {"dtype": torch.float32}}
+        self.plan: LabelPlan | None = plan_labels(self.postprocessing)
+        if self.plan is None:
+            self.warnings.append("its postprocessing is run as written: every channel's scores are brought back "
+                                 "onto the source grid before labels are taken (a job needs about channels x "
+                                 "the study's volume in memory)")
         w = window or SlidingWindow()
         self.inferer = SlidingWindowInferer(
             roi_size=w.roi_size or getattr(base, "roi_size", (96, 96, 96)),
             sw_batch_size=w.sw_batch_size or getattr(base, "sw_batch_size", 4),
             overlap=w.overlap if w.overlap is not None else getattr(base, "overlap", 0.25),
             mode=getattr(base, "mode", "gaussian") if base is not None else "gaussian")
+
+    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
+        """The volume, then per network-grid voxel (r of them per source voxel, from Spacingd's pixdim): the
+        lazy resampling's float32 grid and output (~7.5 floats), or the sliding window's C channels, count map
+        and input; with a postprocessing run as written, C channels and a sampling grid on the source grid.
+        Calibrated on bench/memory.py's 4-channel bundle on a 1.5 mm grid (measured 0.38 GiB + 2.30 x the
+        volume)."""
+        pixdim = next((np.asarray(t.spacing_transform.pixdim, np.float64)
+                       for t in getattr(self.preprocessing, "transforms", []) if hasattr(t, "spacing_transform")),
+                      None)
+        ratio = 1.0 if pixdim is None or pixdim.size != 3 or (pixdim <= 0).any() else \
+            float(np.prod(spacing_mm) / np.prod(pixdim))
+        channels = max(label.number for label in self.card.labels) + 1
+        factor = 1.1 + ratio * max(7.5, channels + 4.0)
+        if self.plan is None:
+            factor += channels + 7.0
+        return MemoryProfile(fixed_mb=768, volume_factor=factor)
 
     def _load_network(self, parser: ConfigParser) -> torch.nn.Module:
         path, key = weights_file(self.path, parser)
@@ -149,24 +178,43 @@ class BundleSegmenter:
     def predict(self, volume: Volume, progress: Progress | None = None) -> np.ndarray:
         check_suitable(self.card, volume)
         report = progress or (lambda _f, _s: None)
-        xyz = np.ascontiguousarray(volume.voxels.transpose(2, 1, 0))          # (slice,row,col) -> (col,row,slice)
-        if self._channel_first:
-            image = MetaTensor(torch.from_numpy(xyz), affine=torch.from_numpy(_ras_affine(volume)),
-                               meta={"original_channel_dim": "no_channel", "space": "RAS"})
-        else:
-            image = MetaTensor(torch.from_numpy(xyz)[None], affine=torch.from_numpy(_ras_affine(volume)))
+        image, affine = self._input(volume)
+        shape = tuple(image.shape[-3:])
+        before = _fingerprint(volume.voxels) if self._reorients else None
         report(0.05, "preprocessing")
         data = self.preprocessing({"image": image})
+        del image
+        if before is not None and _fingerprint(volume.voxels) != before:
+            raise RuntimeError(f"bundle {self.card.name}: its preprocessing wrote into the input image in place")
         x = to_device(data["image"].as_tensor(), self.device)[None]
         use_amp = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=use_amp):
-            pred = self._infer(x, report)
-        pred = pred[0].float()
-        report(0.9, "back onto the source grid")
-        labels = self._to_source_grid(data, pred)
-        if labels.shape != xyz.shape:
-            raise RuntimeError(f"bundle {self.card.name}: output {labels.shape} does not match input {xyz.shape}")
-        return np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint8)
+            scores = self._infer(x, report)[0]
+        del x
+        report(0.9, "labels back onto the source grid")
+        if self.plan is not None and self.plan.takes(scores.shape[0]):
+            net_labels, net_affine = self._network_labels(self.plan, data, scores)
+            del scores, data                      # the scores' C channels are not needed past the argmax
+            labels = self._source_labels(self.plan, net_labels, net_affine, affine, shape)
+        else:
+            labels = self._bundle_postprocessing(data, scores.float())
+        if labels.shape != shape:
+            raise RuntimeError(f"bundle {self.card.name}: output {labels.shape} does not match input {shape}")
+        return labels if self._reorients else np.ascontiguousarray(labels.transpose(2, 1, 0))
+
+    def _input(self, volume: Volume) -> tuple[MetaTensor, np.ndarray]:
+        """The image the preprocessing gets, and its affine: the volume's own (slice, row, column) array when
+        the bundle reorients (no copy), else a (column, row, slice) copy."""
+        if self._reorients:
+            affine = _LPS_TO_RAS @ volume.affine
+            array = torch.from_numpy(volume.voxels)
+        else:
+            affine = _ras_affine(volume)
+            array = torch.from_numpy(np.ascontiguousarray(volume.voxels.transpose(2, 1, 0)))
+        if self._channel_first:
+            return MetaTensor(array, affine=torch.from_numpy(affine),
+                              meta={"original_channel_dim": "no_channel", "space": "RAS"}), affine
+        return MetaTensor(array[None], affine=torch.from_numpy(affine)), affine
 
     def _infer(self, x: torch.Tensor, report: Progress) -> torch.Tensor:
         report(0.1, "inference")
@@ -175,7 +223,35 @@ class BundleSegmenter:
         report(0.85, "inference done")
         return out
 
-    def _to_source_grid(self, data: dict[str, Any], pred: torch.Tensor) -> np.ndarray:
+    def _network_labels(self, plan: LabelPlan, data: dict[str, Any],
+                        scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 labels on the network grid (the plan's steps up to Invertd), and that grid's affine."""
+        image = data["image"]
+        net_affine, meta = image.affine.detach().cpu().numpy().astype(np.float64), dict(image.meta)
+        del image
+
+        def wrap(t: torch.Tensor) -> MetaTensor:
+            return MetaTensor(t, affine=torch.from_numpy(net_affine), meta=dict(meta))
+        if plan.on_scores:
+            scores = _run(plan.on_scores, {**data, "pred": wrap(scores)})
+        labels = plan.discrete(scores)
+        if plan.on_network_labels:
+            labels = _as_labels(_run(plan.on_network_labels, {**data, "pred": wrap(labels[None])}))[0]
+        return labels, net_affine
+
+    def _source_labels(self, plan: LabelPlan, labels: torch.Tensor, net_affine: np.ndarray, affine: np.ndarray,
+                       shape: tuple[int, ...]) -> np.ndarray:
+        """The network-grid labels on the grid of the image the preprocessing got (ai/bundle_post.py), then the
+        plan's steps after Invertd: never C x the volume."""
+        out = labels_to_grid(labels.cpu().numpy(), net_affine, affine, shape, linear=plan.linear)
+        if plan.on_source_labels:
+            source = MetaTensor(torch.from_numpy(out)[None], affine=torch.from_numpy(affine))
+            out = _as_labels(_run(plan.on_source_labels, {"pred": source}))[0].cpu().numpy()
+        return out
+
+    def _bundle_postprocessing(self, data: dict[str, Any], pred: torch.Tensor) -> np.ndarray:
+        """The bundle's own postprocessing as written, on all channels (the path for what bundle_post.py
+        cannot rearrange)."""
         image = data["image"]
         pred_mt = MetaTensor(pred.cpu(), affine=image.affine, meta=dict(image.meta))
         if self.postprocessing is not None:

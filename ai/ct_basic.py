@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ai import slabs
 from ai.device import to_device
-from ai.segmenter import LabelSpec, ModelCard, Progress, check_suitable
+from ai.segmenter import LabelSpec, MemoryProfile, ModelCard, Progress, check_suitable
 from ai.volume import Volume
 
 BODY_HU = -350.0          # above: not air (skin, fat at -100, soft tissue, bone)
@@ -124,6 +124,10 @@ class CtBasic:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
+
+    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
+        """Measured: 0.4 GiB + 2.5 x the volume (60-1,600 slices of 512 x 512; bench/RESULTS.md)."""
+        return MemoryProfile(fixed_mb=640, volume_factor=2.6)
 
     def predict(self, volume: Volume, progress: Progress | None = None) -> np.ndarray:
         check_suitable(self.card, volume)

@@ -57,8 +57,24 @@ class ModelCard:
                            for lb in self.labels], "notes": list(self.notes)}
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryProfile:
+    """Peak memory of one job with a model (a model process: reading, segmenting, measuring, writing SEG and
+    SR): about `fixed_mb` + `volume_factor` x the study's float32 volume, as bench/memory.py measures it."""
+
+    fixed_mb: int = 1024
+    volume_factor: float = 2.5
+
+    def need_mb(self, voxels: int) -> int:
+        return int(self.volume_factor * voxels * 4 / 2**20) + self.fixed_mb
+
+
 class Segmenter(Protocol):
     card: ModelCard
+
+    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
+        """The job's memory with this model on a study of this voxel spacing (slice, row, column)."""
+        ...
 
     def predict(self, volume: Volume, progress: Progress | None = None) -> np.ndarray:
         """Return a uint8 label map with the shape and axes of `volume.voxels` (0 = background).

@@ -3,7 +3,9 @@
 Each job runs as the node runs it: in a fresh model process (node/compute/process.py) that reads the
 spooled files, builds the volume, segments, measures and writes labels, SEG and SR. The peak RSS is that
 process's VmHWM. The reference, measured in the same run, is the study's float32 volume: the bound is
-2.5 x that + 1 GiB per job (issue 18), and both RSS and time should grow linearly with the slices.
+2.5 x that + 1 GiB per job (issue 18), and both RSS and time should grow linearly with the slices. Each
+row also shows the model's own estimate (Segmenter.memory_profile, what [compute] max_job_memory_mb is
+checked against), which must not be below the peak.
 
   python bench/memory.py                                  # 200 and 800 slices, ct-basic and a bundle
   python bench/memory.py --slices 200,800,1600 --models ct-basic,bundle,ct-liver
@@ -22,8 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ai.registry import ModelRegistry
 from bench.common import write_result
 from node.compute.memory import MIB, job_need_mb
 from node.compute.process import ModelProcess, ModelProcessSpec
@@ -36,6 +41,7 @@ from tests.peers.bundles import build_threshold_bundle
 from tests.peers.ct_liver_factory import fake_liver_folder
 
 ROWS = 512
+FOV_MM = 400.0                  # make_phantom's default field of view
 
 
 def write_study(folder: Path, slices: int) -> tuple[SeriesIds, list[Path]]:
@@ -84,20 +90,26 @@ def main() -> None:
         models = tmp / "models"
         build_threshold_bundle(models / "bundle", pixdim=1.5)
         fake_liver_folder(models)
+        registry = ModelRegistry(models, torch.device("cpu"))
         for slices in (int(s) for s in args.slices.split(",")):
             ids, paths = write_study(tmp / f"ct-{slices}", slices)
             volume_mb = slices * ROWS * ROWS * 4 / MIB
             for model in args.models.split(","):
                 got = run_one(models, model, ids, paths, tmp / f"out-{slices}-{model}")
                 bound = job_need_mb(slices * ROWS * ROWS)
+                estimate = registry.get(model).memory_profile((1.0, FOV_MM / ROWS, FOV_MM / ROWS)).need_mb(
+                    slices * ROWS * ROWS)
                 row = {"model": model, "slices": slices, "volume_mb": round(volume_mb), "bound_mb": bound,
+                       "estimate_mb": estimate,
                        **{k: round(v, 1) for k, v in got.items()},
                        "rss_per_volume": round(got["peak_rss_mb"] / volume_mb, 2),
-                       "within_bound": got["peak_rss_mb"] <= bound}
+                       "within_bound": got["peak_rss_mb"] <= bound,
+                       "within_estimate": got["peak_rss_mb"] <= estimate}
                 rows.append(row)
                 print(f"{model:9s} {slices:5d} slices: volume {volume_mb:6.0f} MiB, peak RSS {got['peak_rss_mb']:7.0f} "
                       f"MiB ({row['rss_per_volume']:.2f}x; bound {bound} MiB: "
-                      f"{'ok' if row['within_bound'] else 'OVER'}), {got['seconds']:6.1f} s", flush=True)
+                      f"{'ok' if row['within_bound'] else 'OVER'}; estimate {estimate} MiB: "
+                      f"{'ok' if row['within_estimate'] else 'UNDER'}), {got['seconds']:6.1f} s", flush=True)
             for p in paths:
                 p.unlink()
     print("wrote", write_result("memory", {"rows": ROWS, "columns": ROWS, "jobs": rows}))

@@ -8,6 +8,9 @@ acquisition (axial, coronal, sagittal) lands the same way.
 
 All resampling uses the voxel-edge convention (torch `align_corners=False`): a grid of n voxels spans
 the same extent as the source at any size, so going to 3 mm and back needs no origin bookkeeping.
+Between the source grid and the 1.5 mm one, the resampling runs a few planes at a time (`fine_grid`,
+`mask_on_source`): trilinear interpolation is linear along the slice axis, then bilinear in plane, so no
+whole-volume copy (RAS-ordered, float, or of the full-size mask) is ever made.
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ class RasPlan:
     def spacing(self, volume: Volume) -> tuple[float, float, float]:
         return tuple(volume.spacing_mm[p] for p in self.perm)       # type: ignore[return-value]
 
+    def ras_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        return tuple(shape[p] for p in self.perm)                   # type: ignore[return-value]
+
+    @property
+    def slice_axis(self) -> int:
+        """The RAS axis along which the volume's slices lie."""
+        return self.perm.index(0)
+
 
 def grid_size(shape: tuple[int, ...], spacing_mm: tuple[float, ...], target_mm: float) -> tuple[int, int, int]:
     return tuple(max(1, round(n * s / target_mm)) for n, s in zip(shape, spacing_mm, strict=True))  # type: ignore[return-value]
@@ -74,10 +85,86 @@ def resample(a: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
 def network_input(ras_hu: torch.Tensor, spacing_mm: tuple[float, float, float]) -> torch.Tensor:
     """HU in RAS order -> the network's 3 mm intensities: 1.5 mm, median 3x3x3, 3 mm, clip(HU/1000) * 2.5."""
     fine = resample(ras_hu.float(), grid_size(tuple(ras_hu.shape), spacing_mm, MEDIAN_GRID_MM))
+    return _from_fine(fine, tuple(ras_hu.shape), spacing_mm)
+
+
+def volume_network_input(voxels: np.ndarray, plan: RasPlan, spacing_mm: tuple[float, float, float],
+                         device: torch.device) -> torch.Tensor:
+    """`network_input(plan.to_ras(voxels), spacing_mm)` without a RAS copy of the volume (`fine_grid`)."""
+    full = plan.ras_shape(voxels.shape)
+    fine = fine_grid(voxels, plan, grid_size(full, spacing_mm, MEDIAN_GRID_MM), device)
+    return _from_fine(fine, full, spacing_mm)
+
+
+def _from_fine(fine: torch.Tensor, full: tuple[int, ...], spacing_mm: tuple[float, float, float]) -> torch.Tensor:
     fine_np = ndimage.median_filter(fine.cpu().numpy(), size=3, mode="nearest")
-    fine = torch.from_numpy(fine_np).to(ras_hu.device)
-    coarse = resample(fine, grid_size(tuple(ras_hu.shape), spacing_mm, NET_GRID_MM))
+    fine = torch.from_numpy(fine_np).to(fine.device)
+    del fine_np
+    coarse = resample(fine, grid_size(full, spacing_mm, NET_GRID_MM))
     return (coarse / HU_SCALE).clamp_(-CLIP, CLIP).mul_(GAIN)
+
+
+PLANES = 16                      # output planes per step of the plane-wise resampling
+
+
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation along one axis as torch's (align_corners=False): per output index, the two input
+    indices and the weight of the second."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    first = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return first, np.minimum(first + 1, n_in - 1), src - first
+
+
+def _ras_planes(voxels: np.ndarray, plan: RasPlan, lo: int, hi: int) -> torch.Tensor:
+    """Planes [lo, hi) along the RAS axis of the slices, in RAS order: a copy of those slices only."""
+    n = voxels.shape[0]
+    k0, k1 = (n - hi, n - lo) if plan.flips[plan.slice_axis] else (lo, hi)
+    return plan.to_ras(torch.from_numpy(voxels[k0:k1]))
+
+
+def _along(planes: torch.Tensor, taps: tuple[np.ndarray, np.ndarray, np.ndarray], o: int, e: int,
+           base: int) -> torch.Tensor:
+    """Output planes [o, e) interpolated between the input planes of `planes` (axis 0; first is `base`)."""
+    first, second, weight = (t[o:e] for t in taps)
+    w = torch.as_tensor(weight, dtype=planes.dtype, device=planes.device)[:, None, None]
+    return planes[torch.as_tensor(first - base)] * (1 - w) + planes[torch.as_tensor(second - base)] * w
+
+
+def fine_grid(voxels: np.ndarray, plan: RasPlan, size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """The volume trilinearly resampled to `size` in RAS order, PLANES output planes at a time."""
+    t = plan.slice_axis
+    taps = linear_taps(voxels.shape[0], size[t])
+    in_plane = tuple(n for a, n in enumerate(size) if a != t)
+    out = torch.empty(size, dtype=torch.float32, device=device)
+    for o in range(0, size[t], PLANES):
+        e = min(o + PLANES, size[t])
+        lo, hi = int(taps[0][o]), int(taps[1][e - 1]) + 1
+        planes = _ras_planes(voxels, plan, lo, hi).to(device, torch.float32).movedim(t, 0)
+        rows = _along(planes, taps, o, e, lo)
+        del planes
+        out.movedim(t, 0)[o:e] = F.interpolate(rows[:, None], size=in_plane, mode="bilinear",
+                                               align_corners=False)[:, 0]
+    return out
+
+
+def mask_on_source(mask: torch.Tensor, plan: RasPlan, shape: tuple[int, ...]) -> np.ndarray:
+    """A RAS mask on a coarse grid -> uint8 on the volume's grid (`shape`, volume axes): trilinear, >= 0.5,
+    PLANES slices at a time."""
+    t = plan.slice_axis
+    full = plan.ras_shape(shape)
+    taps = linear_taps(mask.shape[t], full[t])
+    in_plane = tuple(n for a, n in enumerate(full) if a != t)
+    coarse = mask.float().movedim(t, 0)
+    out = np.empty(shape, np.uint8)
+    n = shape[0]
+    for o in range(0, full[t], PLANES):
+        e = min(o + PLANES, full[t])
+        rows = F.interpolate(_along(coarse, taps, o, e, 0)[:, None], size=in_plane, mode="bilinear",
+                             align_corners=False)[:, 0]
+        planes = (rows >= 0.5).to(torch.uint8).movedim(0, t)
+        k0, k1 = (n - e, n - o) if plan.flips[t] else (o, e)
+        out[k0:k1] = plan.from_ras(planes).cpu().numpy()
+    return out
 
 
 def tile_starts(n: int, out: int, min_overlap: int) -> list[int]:

@@ -29,6 +29,7 @@ from typing import Any
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
+from node.compute.memory import return_freed_memory_promptly
 from node.compute.pipeline import JobPipeline, Outcome, Progress, Requeue, ResultWriter
 from node.jobs.records import JobView
 
@@ -91,6 +92,7 @@ def serve(conn: Connection, spec: ModelProcessSpec, parent_pid: int) -> None:
     logging.basicConfig(level=spec.log_level, format="%(asctime)s %(levelname)s [model %(process)d] %(name)s: "
                                                      "%(message)s")
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
+    return_freed_memory_promptly()
     registry = ModelRegistry(spec.models_dir, choose_device(spec.device), spec.window)
     pipeline = JobPipeline(registry, spec.writers, max_job_memory_mb=spec.max_job_memory_mb)
     while True:

@@ -18,6 +18,7 @@ import torch
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
+from node.compute.memory import return_freed_memory_promptly
 from node.compute.pipeline import JobPipeline, Outcome, Progress, Requeue, ResultWriter
 from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
@@ -36,6 +37,7 @@ def _actor_class() -> Any:
 
         def __init__(self, models_dir: str, device: str, window: SlidingWindow | None,
                      writers: Sequence[ResultWriter]) -> None:
+            return_freed_memory_promptly()
             self.pipeline = JobPipeline(ModelRegistry(Path(models_dir), choose_device(device), window), writers)
 
         def process(self, job: JobView, inputs: dict[str, list[bytes]]) -> tuple[Outcome, dict[str, bytes]]:

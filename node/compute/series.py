@@ -43,20 +43,43 @@ def read_series(items: Sequence[str | Path | bytes]) -> list[Dataset]:
     return out
 
 
-def check_memory(datasets: Sequence[Dataset], limit_mb: int) -> None:
-    """Refuse, up front and with the figures, a series that would need more memory than a job may have."""
+def header_spacing(datasets: Sequence[Dataset]) -> tuple[float, float, float]:
+    """Voxel spacing (slice, row, column) in mm from the headers alone, for the memory estimate: PixelSpacing,
+    and the extent of ImagePositionPatient along the first image's normal over the slices (SliceThickness,
+    then the pixel spacing, where that is missing)."""
+    first = datasets[0]
+    try:
+        row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        row_mm = col_mm = 1.0
+    try:
+        iop = np.array([float(v) for v in first.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        along = [float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])) for d in datasets]
+        slice_mm = (max(along) - min(along)) / (len(along) - 1) if len(along) > 1 else 0.0
+    except (AttributeError, TypeError, ValueError):
+        slice_mm = 0.0
+    if not slice_mm > 0:
+        slice_mm = float(first.get("SliceThickness", 0) or 0) or min(row_mm, col_mm)
+    return slice_mm, row_mm, col_mm
+
+
+def check_memory(datasets: Sequence[Dataset], limit_mb: int, model: Segmenter) -> None:
+    """Refuse, up front and with the figures, a series that would need more memory than a job may have
+    with this model."""
     if not datasets or not limit_mb:
         return
     first = datasets[0]
     slices = int(first.get("NumberOfFrames", 1) or 1) if len(datasets) == 1 else len(datasets)
-    check_fits(slices, int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0), limit_mb)
+    check_fits(slices, int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0), limit_mb,
+               model.memory_profile(header_spacing(datasets)), model.card.name)
 
 
 def segment_series(series_instance_uid: str, paths: Sequence[str | Path | bytes], model: Segmenter,
                    progress: Progress, max_memory_mb: int = 0) -> SeriesResult:
     progress(0.02, "loading images")
     datasets = read_series(paths)
-    check_memory(datasets, max_memory_mb)
+    check_memory(datasets, max_memory_mb, model)
     # the sources keep only their headers once the volume holds the voxels (what SEG and SR reference)
     volume = volume_from_datasets(datasets, min_slices=model.card.min_slices, release_pixels=True)
     by_uid = {str(d.SOPInstanceUID): d for d in datasets}

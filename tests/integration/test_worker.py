@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydicom.uid import generate_uid
 
-from ai.segmenter import ModelCard
+from ai.segmenter import MemoryProfile, ModelCard
 from ai.volume import Volume
 from node.app import Node
 from node.compute.local import LocalBackend
@@ -121,6 +121,9 @@ class OomSegmenter:
 
     def predict(self, volume: Volume, progress=None) -> np.ndarray:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
+        return MemoryProfile()
 
 
 class FakeRegistry:

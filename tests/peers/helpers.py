@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import os
 import shutil
 import socket
@@ -86,3 +88,20 @@ def sr_volumes_ml(sr: Any) -> list[float]:
                 walk(item.ContentSequence)
     walk(sr.ContentSequence)
     return found
+
+
+def peak_rss_growth(fn: Callable[[], T]) -> tuple[T, int]:
+    """`fn()` and by how many bytes this process's peak RSS rose above its RSS at the start (Linux, glibc: freed
+    heap is handed back first, so that memory an earlier step left cached cannot hide an allocation, and the
+    peak is reset through /proc/self/clear_refs)."""
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    start = status("VmRSS")
+    result = fn()
+    return result, status("VmHWM") - start
