@@ -1,7 +1,7 @@
-"""The Storage SCP on the event loop (`[dicom] receiver = "asyncio"`): one coroutine per association,
-no polling threads. Checks and the durable spool write run on a thread pool; the store rows of
-concurrent associations are committed together (group commit). Success is sent only after the file is
-fsynced and renamed and its row committed, exactly as on the pynetdicom path."""
+"""The Storage SCP on the event loop (`[dicom] receiver = "asyncio"`, the default): one coroutine per
+association, no polling threads. Each C-STORE's checks, durable spool write and row commit run in one call on
+a thread pool (`Door.store`; with PostgreSQL the row joins the loop's group commit). Success is sent only
+after the file is fsynced and renamed and its row committed, exactly as on the pynetdicom path."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class AsyncStorageSCP:
             task.cancel()
         if self._associations:
             await asyncio.wait(list(self._associations), timeout=5)
-        self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._pool.shutdown, True)   # its threads may be waiting on this loop
         logger.info("DICOM SCP stopped")
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -16,7 +16,11 @@ _NO_DATASET = 0x0101
 _COMMAND_LAST = 0x03                 # message control header: command, last fragment
 
 
-def _even(value: str, pad: bytes) -> bytes | None:
+def _even(value: object, pad: bytes) -> bytes | None:
+    """The value's bytes padded to even length; None (use pynetdicom's encoder) for anything but non-empty
+    ASCII text of a sane length, e.g. a UID missing from the request (None), which pynetdicom omits."""
+    if not isinstance(value, str) or not value:
+        return None
     try:
         raw = value.encode("ascii")
     except UnicodeEncodeError:
@@ -32,10 +36,10 @@ def _explicit(group: int, element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 
 
-def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes | None:
+def file_meta(sop_class_uid: object, sop_instance_uid: object, transfer_syntax: object) -> bytes | None:
     """Group 0002 in explicit VR little endian, as pynetdicom's create_file_meta + encode_file_meta write it."""
-    values = [_even(str(v), b"\x00") for v in (sop_class_uid, sop_instance_uid, transfer_syntax,
-                                                  PYNETDICOM_IMPLEMENTATION_UID)]
+    values = [_even(v, b"\x00") for v in (sop_class_uid, sop_instance_uid, transfer_syntax,
+                                          str(PYNETDICOM_IMPLEMENTATION_UID))]
     version = _even(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")
     if version is None or any(v is None for v in values):
         return None
@@ -55,12 +59,12 @@ def _implicit(element: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
 
 
-def store_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int, error_comment: str | None,
+def store_rsp(message_id: int, sop_class_uid: object, sop_instance_uid: object, status: int, error_comment: str | None,
               context_id: int, peer_max_pdu: int) -> bytes | None:
     """The P-DATA-TF PDU of a C-STORE-RSP (command set in implicit VR little endian, one PDV), as
     pynetdicom's C_STORE_RSP + P_DATA_TF encode it."""
-    sop_class, sop_instance = _even(str(sop_class_uid), b"\x00"), _even(str(sop_instance_uid), b"\x00")
-    comment = None if error_comment is None else _even(error_comment, b" ")
+    sop_class, sop_instance = _even(sop_class_uid, b"\x00"), _even(sop_instance_uid, b"\x00")
+    comment = None if error_comment is None else _even(error_comment, b" ") if error_comment else b""
     if sop_class is None or sop_instance is None or (error_comment is not None and comment is None):
         return None
     if not (0 <= message_id <= 0xFFFF and 0 <= status <= 0xFFFF):

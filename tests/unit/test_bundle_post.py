@@ -137,6 +137,14 @@ def test_postprocessing_memory_stays_far_below_the_channel_scores_on_the_source_
     assert theirs > scores_on_source                 # the measurement sees the bundle's own path
     assert ours < scores_on_source / 2, (ours / volume.voxels.nbytes, theirs / volume.voxels.nbytes)
     assert set(np.unique(labels)) == {0, 1, 2, 6}
+    # the up-front memory check covers what each path was just measured to need: ours with its fixed part
+    # (at 24 MiB of volume, fixed costs dominate its growth); the bundle's own path, which grows with the
+    # volume (26-27 x at 96 and at 192 slices), by its per-volume factor alone
+    vol = volume.voxels.nbytes
+    profile = model.memory_profile(volume.spacing_mm)
+    assert profile.fixed_mb * 2**20 + profile.volume_factor * vol >= ours + vol
+    model.plan = None                                 # what a bundle whose postprocessing runs as written gets
+    assert model.memory_profile(volume.spacing_mm).volume_factor >= theirs / vol + 1, theirs / vol
 
 
 def test_plans_for_the_published_orders() -> None:

@@ -3,6 +3,7 @@ and the up-front refusal it drives ([compute] max_job_memory_mb)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -74,7 +75,17 @@ def test_a_postprocessing_run_as_written_is_estimated_with_its_channels_on_the_s
     model = BundleSegmenter(build_threshold_bundle(tmp_path / "b", pixdim=1.5))
     rearranged = model.memory_profile(BENCH_SPACING).volume_factor
     model.plan = None
-    assert model.memory_profile(BENCH_SPACING).volume_factor >= rearranged + 4 + 7
+    assert model.memory_profile(BENCH_SPACING).volume_factor >= rearranged + 3.5 * 4
+
+
+def test_a_threshold_on_several_channels_is_estimated_and_warned_as_run_as_written(tmp_path: Path) -> None:
+    """A sigmoid threshold over several overlapping channels (BraTS-like) cannot be taken on the network grid:
+    predict runs the bundle's own postprocessing, and the estimate and the start-up warning say so."""
+    model = BundleSegmenter(build_threshold_bundle(tmp_path / "b", pixdim=1.5))
+    rearranged = model.memory_profile(BENCH_SPACING).volume_factor
+    model.plan = dataclasses.replace(model.plan, threshold=0.5, argmax=False) if model.plan else None
+    assert model.plan is not None and not model.plan.takes(4)
+    assert model.memory_profile(BENCH_SPACING).volume_factor >= rearranged + 3.5 * 4
 
 
 def test_the_estimate_s_spacing_comes_from_the_headers() -> None:

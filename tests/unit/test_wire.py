@@ -64,6 +64,18 @@ def test_unusual_values_fall_back_to_pynetdicom() -> None:
     assert wire.file_meta(CT, "1.2.\u00e9", ExplicitVRLittleEndian) is None            # not ASCII
     assert wire.store_rsp(1, CT, "1.2", 0, "x" * 300, 1, 128) is None                  # needs two fragments
     assert wire.store_rsp(70000, CT, "1.2", 0, None, 1, 0) is None                     # not a US
+    assert wire.file_meta(CT, None, ExplicitVRLittleEndian) is None                    # no UID in the request:
+    assert wire.store_rsp(1, CT, None, 0xC000, "no UID", 1, 0) is None                 # pynetdicom omits it
+
+
+def test_a_request_without_an_instance_uid_is_answered_as_pynetdicom_would() -> None:
+    request = C_STORE()
+    request.MessageID, request.AffectedSOPClassUID, request.Priority = 4, CT, 0
+    request.DataSet = BytesIO(b"")
+    assert request.AffectedSOPInstanceUID is None
+    status = store_response(StoreStatus.CANNOT_UNDERSTAND, "cannot read study/series/SOP UIDs")
+    assert ul.store_reply(request, status, 1, 16384) == _pynetdicom_rsp(
+        4, CT, None, 0xC000, "cannot read study/series/SOP UIDs", 1, 16384)
 
 
 def test_the_upper_layer_answers_the_same_either_way() -> None:
