@@ -18,6 +18,7 @@ from ai.ct_liver.convert import CARD_FILE, KIND, LIVER_LABEL
 from ai.ct_liver.lean import lean_forward
 from ai.ct_liver.network import INPUT_MULTIPLE, SHRINK, LiverUNet
 from ai.ct_liver.preprocess import (
+    MEDIAN_GRID_MM,
     RasPlan,
     extract,
     largest_component,
@@ -146,9 +147,12 @@ class CtLiver:
         assert all(t % INPUT_MULTIPLE == 0 for t in TILE)
 
     def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
-        """One tile's working set (0.6 GiB, whatever the study) on top of the process, then little per slice:
-        measured 1.0 GiB + 1.14 x the volume (32-1,600 slices of 512 x 512; bench/RESULTS.md)."""
-        return MemoryProfile(fixed_mb=1152, volume_factor=1.25)
+        """One tile's working set (0.6 GiB, whatever the study) on top of the process, then the volume and the
+        1.5 mm median grid (two float32 copies of it at once; r = its voxels per source voxel): measured
+        1.0 GiB + 1.14 x the volume at 0.78 x 0.78 x 1 mm (r = 0.18; 32-1,600 slices of 512 x 512,
+        bench/RESULTS.md); the 1.5 mm step alone grows by about 2 x the volume at 5 mm slices (r = 0.9)."""
+        r = float(np.prod(spacing_mm)) / MEDIAN_GRID_MM ** 3
+        return MemoryProfile(fixed_mb=1152, volume_factor=max(1.25, 1.0 + 2.5 * r))
 
     def predict(self, volume: Volume, progress: Progress | None = None) -> np.ndarray:
         check_suitable(self.card, volume)
