@@ -19,14 +19,16 @@ from tests.peers.postgres import PostgresServer
 from tests.peers.settings import node_settings
 
 # Diagnostics for a hung run (pytest captures fd 2, so they go to a file): `kill -USR2 <pytest pid>` writes
-# every thread's stack, `kill -USR1` every asyncio task's, to $TMPDIR/segnode-pytest-<pid>-stacks.txt.
-STACKS = open(Path(tempfile.gettempdir()) / f"segnode-pytest-{os.getpid()}-stacks.txt", "a")  # noqa: SIM115
+# every thread's stack, `kill -USR1` every asyncio task's, to $TMPDIR/segnode-pytest-stacks.txt (one file,
+# appended to, so runs leave no litter; each USR1 dump starts with the pid).
+STACKS = open(Path(tempfile.gettempdir()) / "segnode-pytest-stacks.txt", "a")  # noqa: SIM115
 faulthandler.register(signal.SIGUSR2, file=STACKS, all_threads=True)
 
 
 def _dump_tasks(_signum: int, _frame: object) -> None:
     """Every asyncio task's stack: what a hung async test is waiting for. A plain signal handler: it runs
     on the main thread, where the tests' event loop runs."""
+    print(f"=== pytest pid {os.getpid()}: asyncio tasks", file=STACKS)
     try:
         tasks = asyncio.all_tasks()
     except RuntimeError:

@@ -12,17 +12,7 @@ from node.synth.series import SeriesIds, write_series
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess
-from tests.peers.stall_bundle import INFERENCE_STAGE, build_stall_bundle
-
-RULES = """
-[[rules]]
-name = "poison"
-model = "stall"
-match = { series_description = "poison" }
-[[rules]]
-name = "anything"
-model = "ct-basic"
-"""
+from tests.peers.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
 
 
 def children(pid: int) -> set[int]:
@@ -45,7 +35,7 @@ def only_job(node: NodeProcess) -> dict[str, Any]:
 def test_a_study_that_kills_the_node_three_times_ends_failed_and_the_next_one_is_served(
         start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
     build_stall_bundle(tmp_path / "models" / "stall")
-    node = start_node(config=RULES, models__dir=str(tmp_path / "models"), compute__max_attempts="3")
+    node = start_node(config=POISON_RULES, models__dir=str(tmp_path / "models"), compute__max_attempts="3")
     folder = write_series(tmp_path / "poison", slices=12, rows=32, ids=SeriesIds(series_description="poison"))
     assert storescu(node.dicom_port, folder[0].parent).returncode == 0
     job_id = only_job(node)["id"]

@@ -21,25 +21,15 @@ from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import SCU_HANDLERS, send
 from tests.peers.settings import node_settings
-from tests.peers.stall_bundle import INFERENCE_STAGE, build_stall_bundle
+from tests.peers.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
-
-RULES = """
-[[rules]]
-name = "poison"
-model = "stall"
-match = { series_description = "poison" }
-[[rules]]
-name = "anything"
-model = "ct-basic"
-"""
 
 
 @pytest.fixture
 async def pnode(tmp_path: Path):
     build_stall_bundle(tmp_path / "models" / "stall")
-    n = Node(node_settings(tmp_path, RULES, models__dir=str(tmp_path / "models")))
+    n = Node(node_settings(tmp_path, POISON_RULES, models__dir=str(tmp_path / "models")))
     await n.start()
     yield n
     await n.stop()

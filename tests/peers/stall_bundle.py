@@ -23,6 +23,16 @@ class StallNet(PhantomNet):
         return super().forward(x)
 '''
 INFERENCE_STAGE = "inference"          # the progress detail a job shows while the network runs
+# a series described "poison" goes to the stall bundle (installed as models/stall), everything else to ct-basic
+POISON_RULES = """
+[[rules]]
+name = "poison"
+model = "stall"
+match = { series_description = "poison" }
+[[rules]]
+name = "anything"
+model = "ct-basic"
+"""
 
 
 def build_stall_bundle(root: Path) -> Path:
