@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from node.errors import InvalidUID, SpoolFull
 from node.intake.dimse import IMAGE_SOP_CLASSES, StoreStatus, dataset_mismatch, store_response
+from node.intake.header_scan import clean_header
 from node.intake.image_check import (
     ImageLimits,
     ImageProblem,
@@ -24,7 +25,7 @@ from node.intake.image_check import (
     control_character_tags,
     scrub_control_characters,
 )
-from node.intake.records import instance_record
+from node.intake.records import clean_record, instance_record
 from node.intake.spool import Spool, SpoolWrite
 from node.intake.uids import InstanceUIDs, check_uid
 from node.jobs.records import InstanceRecord, RecordOutcome
@@ -94,6 +95,13 @@ class Door:
         return store_response(StoreStatus.SUCCESS)
 
     def _accepted(self, req: StoreRequest) -> tuple[bytes, InstanceRecord, str]:
+        clean = clean_header(req.data, req.sop_class_uid, req.transfer_syntax_uid, req.affected_sop_instance_uid,
+                             self.limits)
+        if clean is not None:                        # the common case, confirmed without pydicom
+            if self.stopping.is_set():
+                raise Refused(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
+            return req.data, clean_record(clean, calling_ae=req.calling_ae,
+                                          transfer_syntax_uid=req.transfer_syntax_uid), ""
         try:
             data, ds, uids = checked(req, self.limits)
             data, ds, warning = coerced(data, ds, uids, req.calling_ae)

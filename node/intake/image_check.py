@@ -26,7 +26,7 @@ _J2K = {uid.JPEG2000Lossless, uid.JPEG2000}
 _SOI, _EOI, _SOC = b"\xff\xd8", b"\xff\xd9", b"\xff\x4f"
 _ITEM, _SEQ_END = 0xE000, 0xE0DD
 
-_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
+SAMPLES_PER_PIXEL = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
             "YBR_FULL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}
 
 
@@ -75,15 +75,15 @@ def _pixel_module(ds: Dataset, limits: ImageLimits) -> tuple[int, int, int, int,
                            dataset_mismatch=True)
     if _int(ds, "PixelRepresentation") not in (0, 1):
         raise ImageProblem("PixelRepresentation is not 0 or 1", dataset_mismatch=True)
-    if photometric not in _SAMPLES:
+    if photometric not in SAMPLES_PER_PIXEL:
         raise ImageProblem(f"PhotometricInterpretation {photometric[:16]!r} unknown", dataset_mismatch=True)
-    if _SAMPLES[photometric] != spp:
-        raise ImageProblem(f"{photometric} needs SamplesPerPixel {_SAMPLES[photometric]}, got {spp}",
+    if SAMPLES_PER_PIXEL[photometric] != spp:
+        raise ImageProblem(f"{photometric} needs SamplesPerPixel {SAMPLES_PER_PIXEL[photometric]}, got {spp}",
                            dataset_mismatch=True)
     return rows, cols, frames, spp, allocated, photometric
 
 
-def _native_length(rows: int, cols: int, frames: int, spp: int, allocated: int, photometric: str) -> int:
+def native_length(rows: int, cols: int, frames: int, spp: int, allocated: int, photometric: str) -> int:
     if photometric == "YBR_FULL_422":
         return rows * cols * 2 * frames * allocated // 8
     bits = rows * cols * spp * frames * allocated
@@ -157,7 +157,7 @@ def check_image(ds: Dataset, transfer_syntax: str, limits: ImageLimits) -> None:
     if not isinstance(data, bytes | bytearray):
         raise ImageProblem("Pixel Data has no value", dataset_mismatch=False)
     if transfer_syntax in _NATIVE:
-        expected = _native_length(rows, cols, frames, spp, allocated, photometric)
+        expected = native_length(rows, cols, frames, spp, allocated, photometric)
         if len(data) not in (expected, expected + (expected & 1)):
             raise ImageProblem(f"Pixel Data holds {len(data)} bytes; the header declares {expected}",
                                dataset_mismatch=False)
@@ -166,10 +166,10 @@ def check_image(ds: Dataset, transfer_syntax: str, limits: ImageLimits) -> None:
 
 
 # -- text values -------------------------------------------------------------------------------------
-_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT", "UR"}
-_FREE_TEXT = {"LT", "ST", "UT"}                     # may hold CR, LF, FF and TAB
-_BAD_STRICT = re.compile(rb"[\x00-\x1a\x1c-\x1f\x7f]")
-_BAD_FREE = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT", "UR"}
+FREE_TEXT_VRS = {"LT", "ST", "UT"}                     # may hold CR, LF, FF and TAB
+BAD_STRICT = re.compile(rb"[\x00-\x1a\x1c-\x1f\x7f]")
+BAD_FREE = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 _ESC = b"\x1b"
 
 
@@ -189,10 +189,10 @@ def control_character_tags(ds: Dataset) -> list[int]:
     found = []
     for elem in ds.elements():
         vr = _vr(elem)
-        if vr not in _TEXT_VRS or not isinstance(elem, RawDataElement) or not elem.value:
+        if vr not in TEXT_VRS or not isinstance(elem, RawDataElement) or not elem.value:
             continue
         value = bytes(elem.value)
-        pattern = _BAD_FREE if vr in _FREE_TEXT else _BAD_STRICT
+        pattern = BAD_FREE if vr in FREE_TEXT_VRS else BAD_STRICT
         value = value.rstrip(b"\x00 ")              # NUL padding is a common vendor quirk, not content
         if pattern.search(value) or (_ESC in value and not iso2022):
             found.append(int(elem.tag))
@@ -207,7 +207,7 @@ def scrub_control_characters(ds: Dataset, tags: list[int]) -> None:
         if not isinstance(raw, RawDataElement):
             continue
         vr = _vr(raw)
-        pattern = _BAD_FREE if vr in _FREE_TEXT else _BAD_STRICT
+        pattern = BAD_FREE if vr in FREE_TEXT_VRS else BAD_STRICT
         value = bytes(raw.value).rstrip(b"\x00")
         value = pattern.sub(b"?", value)
         if not iso2022:

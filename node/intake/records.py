@@ -8,6 +8,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from node.intake.header_scan import CleanHeader
 from node.intake.uids import InstanceUIDs
 from node.jobs.records import InstanceRecord
 
@@ -30,6 +31,18 @@ def instance_record(ds: Dataset, uids: InstanceUIDs, *, path: Path, size: int, c
         modality=_text(ds, "Modality", 16), body_part_examined=_text(ds, "BodyPartExamined", 64),
         series_description=_text(ds, "SeriesDescription", 64),
         patient_name=_text(ds, "PatientName", 200), patient_id=_text(ds, "PatientID", 64))
+
+
+def clean_record(header: CleanHeader, *, calling_ae: str, transfer_syntax_uid: str) -> InstanceRecord:
+    """instance_record for a header the door's fast path read (the same values, without a Dataset)."""
+    uids = header.uids
+    return InstanceRecord(
+        sop_instance_uid=uids.sop_instance_uid, study_instance_uid=uids.study_instance_uid,
+        series_instance_uid=uids.series_instance_uid, sop_class_uid=uids.sop_class_uid,
+        transfer_syntax_uid=transfer_syntax_uid, path="", size=0, calling_ae=calling_ae,
+        modality=header.modality, body_part_examined=header.body_part_examined,
+        series_description=header.series_description, patient_name=header.patient_name,
+        patient_id=header.patient_id)
 
 
 def record_from_file(path: Path) -> InstanceRecord | None:
