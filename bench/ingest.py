@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--receiver", default="asyncio", help="the node's [dicom] receiver")
+    ap.add_argument("--receiver", default="threads", help="the node's [dicom] receiver")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

@@ -1,6 +1,6 @@
 """Where the per-instance time goes on the receive path: a node in this process, storescu sending.
 
-  python bench/ingest_profile.py [--receiver pynetdicom|asyncio] [--slices 300]
+  python bench/ingest_profile.py [--receiver pynetdicom|threads] [--slices 300]
 
 Wraps each stage of the C-STORE handling with a timer (decode + door checks, coercion, spool write
 with fsyncs, store commit) and compares their sum with the wall time per instance; the rest is the

@@ -24,7 +24,7 @@ from node.errors import ConfigError
 from node.fsutil import make_dirs
 from node.intake.assembly import StudyAssembler
 from node.intake.ingest import Ingest
-from node.intake.receiver import AsyncStorageSCP
+from node.intake.receiver import ThreadedStorageSCP
 from node.intake.scp import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import EventBus
@@ -54,7 +54,7 @@ class Node:
         self.store: JobStore | None = None
         self.spool: Spool | None = None
         self.ingest: Ingest | None = None
-        self.scp: StorageSCP | AsyncStorageSCP | None = None
+        self.scp: ThreadedStorageSCP | StorageSCP | None = None
         self.registry: ModelRegistry | None = None
         self._window = SlidingWindow()
         self.backend: Backend | None = None
@@ -76,8 +76,8 @@ class Node:
         backend = await self._start_compute(self.store, registry)
         outbox = self._start_delivery(self.store)
         assert self.spool is not None and self.registry is not None
-        self.scp = (AsyncStorageSCP(s.dicom, self.spool, ingest.record) if s.dicom.receiver == "asyncio"
-                    else StorageSCP(s.dicom, self.spool, ingest.record))
+        self.scp = (StorageSCP(s.dicom, self.spool, ingest.record) if s.dicom.receiver == "pynetdicom"
+                    else ThreadedStorageSCP(s.dicom, self.spool, ingest.record))
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,
                                                    self.workers, outbox), websockets)

@@ -17,7 +17,7 @@ from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
 from node.fsutil import free_bytes
 from node.intake.ingest import Ingest
-from node.intake.receiver import AsyncStorageSCP
+from node.intake.receiver import ThreadedStorageSCP
 from node.intake.scp import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import Subscription
@@ -37,7 +37,7 @@ class RunningParts:
     store: JobStore
     spool: Spool
     ingest: Ingest
-    scp: StorageSCP | AsyncStorageSCP
+    scp: ThreadedStorageSCP | StorageSCP
     registry: ModelRegistry
     backend: Backend
     workers: Sequence[Worker]

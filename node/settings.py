@@ -31,6 +31,9 @@ def _is_ae_title(value: str) -> bool:
     return 1 <= len(value.strip()) <= 16 and value.isascii() and value.isprintable() and "\\" not in value
 
 
+RECEIVERS = ("threads", "pynetdicom")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     data_dir: str = "./data"
@@ -63,11 +66,13 @@ class DicomSettings:
     shutdown_grace_s: float = 30.0
     max_matrix: int = 8192
     max_frames: int = 5000
-    receiver: str = "asyncio"               # "asyncio" (one loop, no polling threads) or "pynetdicom" (threads)
+    receiver: str = "threads"               # "threads" (a thread per association) or "pynetdicom"
 
     def __post_init__(self) -> None:
-        if self.receiver not in ("asyncio", "pynetdicom"):
-            raise ConfigError(f"[dicom] receiver must be \"asyncio\" or \"pynetdicom\", got {self.receiver!r}")
+        if self.receiver == "asyncio":          # the name of the default receiver before 2026-11-29
+            object.__setattr__(self, "receiver", "threads")
+        if self.receiver not in RECEIVERS:
+            raise ConfigError(f"[dicom] receiver must be one of {', '.join(RECEIVERS)}, got {self.receiver!r}")
         if not _is_ae_title(self.ae_title):
             raise ConfigError(f"[dicom] ae_title must be 1-16 printable ASCII characters without '\\', got "
                               f"{self.ae_title!r}; set it in the --config file or SEGNODE_DICOM__AE_TITLE")

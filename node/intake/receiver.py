@@ -1,14 +1,22 @@
-"""The Storage SCP on the event loop (`[dicom] receiver = "asyncio"`, the default): one coroutine per
-association, no polling threads. Each C-STORE's checks, durable spool write and row commit run in one call on
-a thread pool (`Door.store`; with PostgreSQL the row joins the loop's group commit). Success is sent only
-after the file is fsynced and renamed and its row committed, exactly as on the pynetdicom path."""
+"""The Storage SCP with one thread per association (`[dicom] receiver = "threads"`, the default).
+
+The event loop only accepts connections. Each association then runs on its own thread with blocking
+socket reads (no polling): it reads its PDUs, and for each C-STORE runs the checks, the durable spool
+write and the row commit (`Door.store`) and sends the status itself, with no hand-over to another
+thread in between. With PostgreSQL the row joins the loop's group commit. Success is sent only after
+the file is fsynced and renamed and its row committed, as on the other receivers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -26,121 +34,195 @@ from node.tcp import set_nodelay
 logger = logging.getLogger(__name__)
 
 _NO_LIMIT = 2**31 - 1
+_READ_BUFFER = 256 * 1024
+_EXTRA_CONNECTIONS = 16          # connections still negotiating, beyond max_associations
 
 
-class AsyncStorageSCP:
-    """Owns the DICOM port on the event loop: Verification + Storage, named refusals, timeouts, limits."""
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    peer: object
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+
+    def send(self, data: bytes) -> None:
+        with self.send_lock:
+            self.sock.sendall(data)
+
+
+class ThreadedStorageSCP:
+    """Owns the DICOM port: Verification + Storage, named refusals, timeouts and limits, one thread per
+    association doing its own reads, checks, durable writes and replies."""
 
     def __init__(self, settings: DicomSettings, spool: Spool, record: Recorder) -> None:
         self.settings = settings
         self.door = Door(spool, ImageLimits(max_matrix=settings.max_matrix, max_frames=settings.max_frames))
         self._record = record
-        self._server: asyncio.base_events.Server | None = None
-        self._pool = ThreadPoolExecutor(max_workers=min(16, settings.max_associations + 2),
-                                        thread_name_prefix="dicom-door")
-        self._associations: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._established: set[asyncio.Task[None]] = set()
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()             # guarded by _lock
+        self._established = 0                                    # guarded by _lock
         self._supported: list[PresentationContext] = [build_context(Verification)] + [
             build_context(sop, TRANSFER_SYNTAXES) for sop in STORAGE_SOP_CLASSES]
         self._max_body = settings.max_pdu_bytes + 6 if settings.max_pdu_bytes else _NO_LIMIT
 
     @property
     def listening(self) -> bool:
-        return self._server is not None
+        return self._listener is not None
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._listener is None:
             raise RuntimeError("SCP is not running")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._listener.getsockname()[1])
 
     async def start(self) -> None:
         s = self.settings
-        self._server = await asyncio.start_server(self._connection, s.bind_address, s.port, limit=2**20,
-                                                  reuse_address=True, backlog=128)
-        logger.info("DICOM SCP %s listening on %s:%d (asyncio receiver)", s.ae_title, s.bind_address, self.port)
+        listener = socket.create_server((s.bind_address, s.port), backlog=128)
+        listener.setblocking(False)
+        self._listener = listener
+        self._accepting = asyncio.create_task(self._accept(listener), name="dicom-accept")
+        logger.info("DICOM SCP %s listening on %s:%d (a thread per association)", s.ae_title, s.bind_address,
+                    self.port)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, let in-flight associations finish up to the grace period, then abort the rest."""
-        if self._server is None:
+        if self._listener is None or self._accepting is None:
             return
         self.door.stopping.set()
-        server, self._server = self._server, None
-        server.close()
+        self._accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._accepting
+        self._listener.close()
+        self._listener = None
         deadline = time.monotonic() + (self.settings.shutdown_grace_s if grace_s is None else grace_s)
-        while self._associations and time.monotonic() < deadline:
+        while self._open() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for task, writer in list(self._associations.items()):
+        for conn in self._open():
             logger.warning("shutdown: aborting an association after the grace period")
-            writer.write(ul.abort())
-            task.cancel()
-        if self._associations:
-            await asyncio.wait(list(self._associations), timeout=5)
-        await asyncio.to_thread(self._pool.shutdown, True)   # its threads may be waiting on this loop
+            await asyncio.to_thread(self._abort, conn)
+        for conn in self._open():
+            if conn.thread is not None:
+                await asyncio.to_thread(conn.thread.join, 5)
         logger.info("DICOM SCP stopped")
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        set_nodelay(writer.get_extra_info("socket"))
-        task = asyncio.current_task()
-        assert task is not None
-        self._associations[task] = writer
-        peer = writer.get_extra_info("peername")
-        try:
-            assoc = await self._associate(reader, writer)
-            if assoc is not None:
-                await self._serve(assoc, reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            logger.info("association from %s: the peer closed the connection", peer)
-        except TimeoutError:
-            logger.warning("association from %s: timed out waiting for the peer; aborted", peer)
-            writer.write(ul.abort())
-        except ul.ProtocolError as exc:
-            logger.warning("association from %s aborted: %s", peer, exc)
-            writer.write(ul.abort(2))
-        except Exception:                              # edge: a bug ends this association, not the server
-            logger.exception("association from %s aborted on an internal error", peer)
-            writer.write(ul.abort())
-        finally:
-            del self._associations[task]
-            writer.close()
+    def _open(self) -> list[_Connection]:
+        with self._lock:
+            return list(self._connections)
 
-    async def _associate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ul.Negotiated | None:
+    @staticmethod
+    def _abort(conn: _Connection) -> None:
+        """A-ABORT, then shut the socket: the association thread's next read ends."""
+        if conn.send_lock.acquire(timeout=1.0):
+            try:
+                conn.sock.sendall(ul.abort())
+            except OSError:
+                pass
+            finally:
+                conn.send_lock.release()
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.settings.max_associations + _EXTRA_CONNECTIONS
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:                     # e.g. out of file descriptors: keep listening
+                logger.error("DICOM SCP: accept failed (%s)", exc.strerror)
+                await asyncio.sleep(0.5)
+                continue
+            sock.setblocking(True)
+            set_nodelay(sock)
+            conn = _Connection(sock, peer)
+            with self._lock:
+                crowded = len(self._connections) >= limit
+                if not crowded:
+                    self._connections.add(conn)
+            if crowded:
+                logger.warning("connection from %s closed: %d connections already open", peer, limit)
+                sock.close()
+                continue
+            conn.thread = threading.Thread(target=self._association, args=(conn,), name="dicom-association",
+                                           daemon=True)
+            conn.thread.start()
+
+    # -- one association, on its own thread ----------------------------------------------------------
+    def _association(self, conn: _Connection) -> None:
+        stream = conn.sock.makefile("rb", buffering=_READ_BUFFER)
+        try:
+            assoc = self._associate(conn, stream)
+            if assoc is not None:
+                self._serve(conn, assoc, stream)
+        except ConnectionError:                        # ul.PeerClosed, a reset, or shut by stop()
+            logger.info("association from %s: the peer closed the connection", conn.peer)
+        except TimeoutError:
+            logger.warning("association from %s: timed out waiting for the peer; aborted", conn.peer)
+            self._try_send(conn, ul.abort())
+        except ul.ProtocolError as exc:
+            logger.warning("association from %s aborted: %s", conn.peer, exc)
+            self._try_send(conn, ul.abort(2))
+        except OSError as exc:                         # the socket shut by stop(), or a network error
+            logger.info("association from %s ended: %s", conn.peer, exc.strerror or type(exc).__name__)
+        except Exception:                              # edge: a bug ends this association, not the server
+            logger.exception("association from %s aborted on an internal error", conn.peer)
+            self._try_send(conn, ul.abort())
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            stream.close()
+            conn.sock.close()
+
+    @staticmethod
+    def _try_send(conn: _Connection, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(data)
+
+    def _associate(self, conn: _Connection, stream: BinaryIO) -> ul.Negotiated | None:
         """ARTIM: the A-ASSOCIATE-RQ must arrive within acse_timeout_s. Answer AC or RJ."""
         s = self.settings
-        async with asyncio.timeout(s.acse_timeout_s):
-            pdu_type, body = await ul.read_pdu(reader, ul.MAX_ASSOCIATE_RQ_BYTES)
+        conn.sock.settimeout(s.acse_timeout_s)
+        pdu_type, body = ul.read_pdu(stream, ul.MAX_ASSOCIATE_RQ_BYTES)
         if pdu_type != ul.ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {pdu_type}")
         rq = ul.requested(body)
         reason = ul.reject_reason(rq, s.ae_title, s.allowed_calling_aes, s.require_called_ae)
-        if not reason and len(self._established) >= s.max_associations:
-            reason = ul.REJECT_TOO_MANY
+        with self._lock:
+            if not reason and self._established >= s.max_associations:
+                reason = ul.REJECT_TOO_MANY
+            if not reason:
+                self._established += 1
         if reason:
             logger.info("association from %s to %s rejected %s", rq.calling_ae_title, rq.called_ae_title, reason)
-            writer.write(ul.reject(rq, reason))
-            await writer.drain()
+            conn.send(ul.reject(rq, reason))
             return None
         reply, assoc = ul.accept(rq, self._supported, s.max_pdu_bytes)
-        writer.write(reply)
+        try:
+            conn.send(reply)
+        except BaseException:
+            self._released()
+            raise
         return assoc
 
-    async def _serve(self, assoc: ul.Negotiated, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _released(self) -> None:
+        with self._lock:
+            self._established -= 1
+
+    def _serve(self, conn: _Connection, assoc: ul.Negotiated, stream: BinaryIO) -> None:
         """P-DATA until release or abort: idle for network_timeout_s at most, dimse_timeout_s inside a message."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._established.add(task)
+        s = self.settings
         try:
             while True:
                 partial = assoc.message.encoded_command_set.tell() > 0
-                async with asyncio.timeout(self.settings.dimse_timeout_s if partial
-                                           else self.settings.network_timeout_s):
-                    pdu_type, body = await ul.read_pdu(reader, self._max_body)
+                conn.sock.settimeout(s.dimse_timeout_s if partial else s.network_timeout_s)
+                pdu_type, body = ul.read_pdu(stream, self._max_body)
                 if pdu_type == ul.DATA_TF:
                     for context_id, primitive in ul.feed(assoc, body):
-                        writer.write(await self._answer(assoc, context_id, primitive))
+                        conn.send(self._answer(assoc, context_id, primitive))
                 elif pdu_type == ul.RELEASE_RQ:
-                    writer.write(ul.release_reply())
-                    await writer.drain()
+                    conn.send(ul.release_reply())
                     return
                 elif pdu_type == ul.ABORT:
                     logger.info("association from %s aborted by the peer", assoc.calling_ae)
@@ -148,9 +230,9 @@ class AsyncStorageSCP:
                 else:
                     raise ul.ProtocolError(f"unexpected PDU type {pdu_type} on an established association")
         finally:
-            self._established.discard(task)
+            self._released()
 
-    async def _answer(self, assoc: ul.Negotiated, context_id: int, primitive: object) -> bytes:
+    def _answer(self, assoc: ul.Negotiated, context_id: int, primitive: object) -> bytes:
         if isinstance(primitive, C_ECHO):
             return ul.echo_reply(primitive, context_id, assoc.peer_max_pdu)
         if not isinstance(primitive, C_STORE):
@@ -163,9 +245,7 @@ class AsyncStorageSCP:
         except Refused as refusal:
             status = store_response(refusal.status, refusal.comment)
         else:
-            # One hop: checks, the durable write and the row commit all on one pool thread (SQLite commits
-            # there; PostgreSQL hands the row to the loop's group commit), then the status.
-            status = await asyncio.get_running_loop().run_in_executor(self._pool, self._store, request)
+            status = self._store(request)
         return ul.store_reply(primitive, status, context_id, assoc.peer_max_pdu)
 
     def _store(self, request: StoreRequest) -> Dataset:

@@ -1,13 +1,13 @@
-"""The DICOM upper layer for an acceptor (PS3.8), on asyncio streams: PDU framing, association
+"""The DICOM upper layer for an acceptor (PS3.8), on blocking streams: PDU framing, association
 negotiation and DIMSE messages. The PDUs, presentation-context negotiation and DIMSE encoders and
 decoders are pynetdicom's (imported, not copied); only the reading loop is ours, with no polling."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -45,14 +45,22 @@ class ProtocolError(Exception):
     """The peer broke PS3.8 (unexpected or malformed PDU): the association is aborted."""
 
 
-async def read_pdu(reader: asyncio.StreamReader, max_body: int) -> tuple[int, bytes]:
-    """One PDU: its type and its body (after the 6-byte header). Raises ProtocolError above `max_body`,
-    asyncio.IncompleteReadError when the peer closes mid-PDU."""
-    header = await reader.readexactly(6)
+class PeerClosed(ConnectionError):
+    """The peer closed the connection, between PDUs or inside one."""
+
+
+def read_pdu(stream: BinaryIO, max_body: int) -> tuple[int, bytes]:
+    """One PDU from a blocking stream: its type and body. ProtocolError above `max_body`, PeerClosed at EOF."""
+    header = stream.read(6)
+    if len(header) < 6:
+        raise PeerClosed("connection closed")
     length = int.from_bytes(header[2:6], "big")
     if length > max_body:
         raise ProtocolError(f"PDU type {header[0]} of {length} bytes exceeds the {max_body} byte limit")
-    return header[0], await reader.readexactly(length)
+    body = stream.read(length)
+    if len(body) < length:
+        raise PeerClosed("connection closed inside a PDU")
+    return header[0], body
 
 
 def whole(pdu_type: int, body: bytes) -> bytes:

@@ -1,5 +1,5 @@
-"""The asyncio receiver's upper layer against raw sockets and a pynetdicom SCU: ARTIM, DIMSE and idle
-timeouts, peers that vanish mid-PDU or abort, oversized PDUs, PDU sizes; both receivers store alike."""
+"""The default receiver's upper layer (a thread per association) against raw sockets and a pynetdicom SCU: ARTIM,
+DIMSE and idle timeouts, peers that vanish mid-PDU or abort, oversized PDUs, PDU sizes; both receivers store alike."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from node.intake.dimse import StoreStatus
 from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
 
-TIMEOUTS = {"dicom__receiver": "asyncio", "dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
+TIMEOUTS = {"dicom__receiver": "threads", "dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
             "dicom__network_timeout_s": "0.8"}
 
 
@@ -97,7 +97,7 @@ async def test_a_peer_vanishing_mid_pdu_leaves_the_node_serving(quick_node: Node
 
 
 async def test_a_pdu_above_the_limit_is_aborted(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, dicom__receiver="asyncio", dicom__max_pdu_bytes="4096"))
+    node = Node(node_settings(tmp_path, dicom__receiver="threads", dicom__max_pdu_bytes="4096"))
     await node.start()
     try:
         sock = await asyncio.to_thread(established, node.scp.port)
@@ -120,7 +120,7 @@ async def test_an_sender_abort_keeps_what_was_acknowledged(quick_node: Node, ct_
 
 @pytest.mark.parametrize("max_pdu", ["4096", "16384", "1048576", "0"])
 async def test_every_pdu_size_stores_the_same_bytes(tmp_path: Path, ct_series: list[Dataset], max_pdu: str) -> None:
-    node = Node(node_settings(tmp_path, dicom__receiver="asyncio", dicom__max_pdu_bytes=max_pdu))
+    node = Node(node_settings(tmp_path, dicom__receiver="threads", dicom__max_pdu_bytes=max_pdu))
     await node.start()
     try:
         assert {s.Status for s in await send(node, ct_series[:3])} == {StoreStatus.SUCCESS}
@@ -130,7 +130,7 @@ async def test_every_pdu_size_stores_the_same_bytes(tmp_path: Path, ct_series: l
     assert len(stored) == 3
 
 
-@pytest.mark.parametrize("receiver", ["asyncio", "pynetdicom"])
+@pytest.mark.parametrize("receiver", ["threads", "pynetdicom"])
 async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_series: list[Dataset],
                                                           receiver: str) -> None:
     node = Node(node_settings(tmp_path, dicom__receiver=receiver))
