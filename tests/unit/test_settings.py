@@ -50,11 +50,17 @@ def test_every_default_is_written_in_the_defaults_file() -> None:
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray-head"}, "[compute] ray_address must be the Ray head's \"host:port\""),
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray://head:10001"}, "is a Ray Client address, which Segnode does not use"),
     ({"SEGNODE_NOPE__X": "1"}, "unknown section [nope]"),
+    ({"SEGNODE_DICOM__RECEIVER": "twisted"}, "[dicom] receiver must be one of threads, pynetdicom, got 'twisted'"),
 ])
 def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env=env)
     assert message in str(info.value)
+
+
+def test_the_former_name_of_the_default_receiver_still_selects_it() -> None:
+    assert load_settings(env={"SEGNODE_DICOM__RECEIVER": "asyncio"}).dicom.receiver == "threads"
+    assert load_settings(env={}).dicom.receiver == "threads"
 
 
 def test_rules_in_a_config_file_replace_the_default_rules(tmp_path: Path) -> None:
