@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 
 from node.intake.assembly import StudyAssembler
@@ -29,18 +30,21 @@ class Ingest:
         self._assembler = assembler
         self._rules = tuple(rules)
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None         # set when the routing task runs
+        self._count_lock = threading.Lock()
         self.instances_received = 0
 
     def record(self, rec: InstanceRecord) -> RecordOutcome:
-        """The SCP's recorder, on an association thread: the row commits before the SCP answers Success."""
-        return self._store.record_instance_blocking(rec, then=self.recorded)
-
-    def recorded(self, outcome: RecordOutcome) -> None:
-        """On the loop, after an instance row committed (and the store published its events)."""
+        """The SCP's recorder, on an association thread: the row commits before the SCP answers Success.
+        The study's quiet period restarts here, in this thread; the loop is woken only for a new study."""
+        outcome = self._store.record_instance_blocking(rec)
         if not outcome.duplicate:
-            self.instances_received += 1
-        if self._assembler.instance_received(outcome.intake_id):
-            self._wake.set()         # a new study: its deadline may come before the one being waited for
+            with self._count_lock:
+                self.instances_received += 1
+        if self._assembler.instance_received(outcome.intake_id) and self._loop is not None:
+            # a new study: its deadline may come before the one being waited for
+            self._loop.call_soon_threadsafe(self._wake.set)
+        return outcome
 
     async def route_stable(self) -> int:
         """Route every intake that has been quiet long enough; return how many were routed."""
@@ -66,7 +70,8 @@ class Ingest:
                                           detail=f"model {decision.model} unavailable: {reason}")
 
     async def run(self) -> None:
-        """Background task: wake on new instances or the next quiet-period deadline."""
+        """Background task: wake on new studies or the next quiet-period deadline."""
+        self._loop = asyncio.get_running_loop()
         while True:
             deadline = self._assembler.next_deadline()
             try:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import SpoolFull
-from node.fsutil import free_bytes, is_part_file, make_dirs, write_atomic
+from node.fsutil import free_bytes, is_part_file, make_dirs, write_new
 from node.intake.uids import InstanceUIDs
 
 logger = logging.getLogger(__name__)
+
+_KNOWN_FOLDERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +25,15 @@ class SpoolWrite:
 
 
 class Spool:
-    """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, written atomically
-    and fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
+    """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, whole or not at all,
+    fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
 
     def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self._sync = sync
+        self._folders: dict[Path, None] = {}          # insertion-ordered: the oldest is dropped first
+        self._folders_lock = threading.Lock()
         make_dirs(root)
 
     def path_for(self, uids: InstanceUIDs) -> Path:
@@ -37,13 +42,31 @@ class Spool:
     def write_instance(self, uids: InstanceUIDs, data: bytes | memoryview) -> SpoolWrite:
         """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors."""
         target = self.path_for(uids)
-        if target.exists():
-            return SpoolWrite(target, target.stat().st_size, duplicate=True)
         if free_bytes(self.root) - len(data) < self.min_free_bytes:
+            if target.exists():
+                return SpoolWrite(target, target.stat().st_size, duplicate=True)
             raise SpoolFull(f"free disk below the floor of {self.min_free_bytes // 2**20} MB")
-        make_dirs(target.parent)
-        write_atomic(target, data, sync=self._sync)
+        if target.parent not in self._folders:
+            make_dirs(target.parent)
+            self._remember(target.parent)
+        try:
+            try:
+                write_new(target, data, sync=self._sync)
+            except FileNotFoundError:               # edge: the folder was removed by hand since
+                with self._folders_lock:
+                    self._folders.pop(target.parent, None)
+                make_dirs(target.parent)
+                write_new(target, data, sync=self._sync)
+        except FileExistsError:
+            return SpoolWrite(target, target.stat().st_size, duplicate=True)
         return SpoolWrite(target, len(data), duplicate=False)
+
+    def _remember(self, folder: Path) -> None:
+        """Series folders known to exist, so the next instance skips the checks (the most recent few)."""
+        with self._folders_lock:
+            self._folders[folder] = None
+            if len(self._folders) > _KNOWN_FOLDERS:
+                del self._folders[next(iter(self._folders))]
 
     def sweep_partials(self) -> int:
         """Remove temp files a crash left behind; they were never acknowledged."""

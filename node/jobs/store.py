@@ -94,18 +94,20 @@ class JobStore(JobReads, JobStats):
         Concurrent calls share one transaction (group commit); `then(outcome)` runs on the loop after it."""
         return await self._record_then(rec, then)
 
-    def record_instance_blocking(self, rec: InstanceRecord, then: AfterRecord | None = None) -> RecordOutcome:
-        """record_instance for a non-loop thread (a pynetdicom association); `then(outcome)` runs on the loop.
+    def record_instance_blocking(self, rec: InstanceRecord) -> RecordOutcome:
+        """record_instance for a non-loop thread (an association); its events are published on the loop.
 
         With SQLite the row commits in this thread, with no hop through the loop (one association, A/B:
-        median +8 %, best +35 %); otherwise the write runs on the loop and this thread waits for it.
+        median +8 %, best +35 %), and the loop is woken only when there are events (a new intake); otherwise
+        the write runs on the loop and this thread waits for it.
         Raises TimeoutError when the store stays busy for `record_timeout_s`.
         """
         if not self._instances.in_thread:
-            return self._bridge.call(self._record_then, rec, then)
+            return self._bridge.call(self._record_then, rec, None)
         with self.writer_lock.hold_blocking(self._record_timeout_s):
             outcome = self._instances.commit_blocking([rec])[0]
-        self._bridge.notify(self._recorded, outcome, then)
+        if outcome.events:
+            self._bridge.notify(self.bus.publish, outcome.events)
         return outcome
 
     async def _record_then(self, rec: InstanceRecord, then: AfterRecord | None) -> RecordOutcome:

@@ -1,0 +1,74 @@
+"""The spool's durable write: a received instance is under its name whole, or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from node import fsutil
+from node.intake.spool import Spool
+from node.intake.uids import InstanceUIDs
+
+DATA = bytes(range(256)) * 517            # 132 KB, not a multiple of any block size
+
+
+def uids(n: int, series: str = "1.2.3.2") -> InstanceUIDs:
+    return InstanceUIDs("1.2.3.1", series, f"1.2.3.4.{n}", "1.2.840.10008.5.1.4.1.1.2")
+
+
+@pytest.fixture(params=["O_TMPFILE", "temp file and rename"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways write_new makes a file: the unnamed file (Linux) and the fallback where it is unsupported."""
+    if request.param == "O_TMPFILE":
+        def no_fallback(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("write_new fell back to a temp file where O_TMPFILE works")
+        monkeypatch.setattr(fsutil, "write_atomic", no_fallback)
+    else:
+        monkeypatch.setattr(fsutil, "_O_TMPFILE", os.O_DIRECTORY)     # open() then fails with EISDIR
+    return str(request.param)
+
+
+def test_a_new_file_holds_exactly_the_data_and_nothing_else_is_left(tmp_path: Path, way: str) -> None:
+    target = tmp_path / "a.dcm"
+    fsutil.write_new(target, DATA)
+    assert target.read_bytes() == DATA
+    assert [p.name for p in tmp_path.iterdir()] == ["a.dcm"]
+
+
+def test_an_existing_file_is_never_replaced(tmp_path: Path, way: str) -> None:
+    target = tmp_path / "a.dcm"
+    fsutil.write_new(target, b"first")
+    with pytest.raises(FileExistsError):
+        fsutil.write_new(target, DATA)
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.dcm"]
+
+
+def test_a_write_that_fails_leaves_no_file_under_the_name(tmp_path: Path, way: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_fsync(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(fsutil.os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        fsutil.write_new(tmp_path / "a.dcm", DATA)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_spool_keeps_the_first_copy_of_a_resent_instance(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    first = spool.write_instance(uids(1), DATA)
+    again = spool.write_instance(uids(1), b"a different body")
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.path == first.path and again.size == len(DATA) and first.path.read_bytes() == DATA
+
+
+def test_a_series_folder_removed_by_hand_is_made_again(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    first = spool.write_instance(uids(1), DATA)
+    shutil.rmtree(first.path.parent.parent)
+    second = spool.write_instance(uids(2), DATA)
+    assert not second.duplicate and second.path.read_bytes() == DATA
+    assert sorted(p.name for p in spool.iter_instances()) == ["1.2.3.4.2.dcm"]
