@@ -27,6 +27,7 @@ from node.intake import upper_layer as ul
 from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
 from node.intake.door import Door, Recorder, Refused, StoreRequest
 from node.intake.image_check import ImageLimits
+from node.intake.messages import Incoming, StoreRQ, feed
 from node.intake.spool import Spool
 from node.settings import DicomSettings
 from node.tcp import set_nodelay
@@ -213,14 +214,14 @@ class ThreadedStorageSCP:
     def _serve(self, conn: _Connection, assoc: ul.Negotiated, stream: BinaryIO) -> None:
         """P-DATA until release or abort: idle for network_timeout_s at most, dimse_timeout_s inside a message."""
         s = self.settings
+        incoming = Incoming()
         try:
             while True:
-                partial = assoc.message.encoded_command_set.tell() > 0
-                conn.sock.settimeout(s.dimse_timeout_s if partial else s.network_timeout_s)
+                conn.sock.settimeout(s.dimse_timeout_s if incoming.started else s.network_timeout_s)
                 pdu_type, body = ul.read_pdu(stream, self._max_body)
                 if pdu_type == ul.DATA_TF:
-                    for context_id, primitive in ul.feed(assoc, body):
-                        conn.send(self._answer(assoc, context_id, primitive))
+                    for context_id, message in feed(assoc.contexts, incoming, body):
+                        conn.send(self._answer(assoc, context_id, message))
                 elif pdu_type == ul.RELEASE_RQ:
                     conn.send(ul.release_reply())
                     return
@@ -232,21 +233,24 @@ class ThreadedStorageSCP:
         finally:
             self._released()
 
-    def _answer(self, assoc: ul.Negotiated, context_id: int, primitive: object) -> bytes:
-        if isinstance(primitive, C_ECHO):
-            return ul.echo_reply(primitive, context_id, assoc.peer_max_pdu)
-        if not isinstance(primitive, C_STORE):
-            raise ul.ProtocolError(f"{type(primitive).__name__} is not a service this node provides")
+    def _answer(self, assoc: ul.Negotiated, context_id: int, message: object) -> bytes:
+        if isinstance(message, C_ECHO):
+            return ul.echo_reply(message, context_id, assoc.peer_max_pdu)
+        if isinstance(message, C_STORE):
+            message = StoreRQ.from_primitive(message)
+        if not isinstance(message, StoreRQ):
+            raise ul.ProtocolError(f"{type(message).__name__} is not a service this node provides")
         context = assoc.contexts[context_id]
+        syntax = str(context.transfer_syntax[0])
         try:
-            data = ul.stored_file(primitive, str(context.transfer_syntax[0]))
-            request = StoreRequest(data, str(context.abstract_syntax), str(context.transfer_syntax[0]),
-                                   primitive.AffectedSOPInstanceUID, assoc.calling_ae)
+            data = ul.stored_file(message, syntax)
+            request = StoreRequest(data, str(context.abstract_syntax), syntax, message.sop_instance_uid,
+                                   assoc.calling_ae)
         except Refused as refusal:
             status = store_response(refusal.status, refusal.comment)
         else:
             status = self._store(request)
-        return ul.store_reply(primitive, status, context_id, assoc.peer_max_pdu)
+        return ul.store_reply(message, status, context_id, assoc.peer_max_pdu)
 
     def _store(self, request: StoreRequest) -> Dataset:
         try:

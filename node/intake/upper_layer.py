@@ -4,9 +4,8 @@ decoders are pynetdicom's (imported, not copied); only the reading loop is ours,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from io import BytesIO
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
@@ -19,7 +18,6 @@ from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     A_P_ABORT,
     A_RELEASE,
-    P_DATA,
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
@@ -28,6 +26,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from node.intake import wire
+from node.intake.messages import ProtocolError, StoreRQ
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = 1, 2, 3, 4, 5, 6, 7
@@ -39,10 +38,6 @@ REJECT_CALLED_AE = (1, 1, 7)
 REJECT_APPLICATION_CONTEXT = (1, 1, 2)
 REJECT_PROTOCOL_VERSION = (1, 2, 2)
 REJECT_TOO_MANY = (2, 3, 2)                  # transient, service provider (presentation), local limit exceeded
-
-
-class ProtocolError(Exception):
-    """The peer broke PS3.8 (unexpected or malformed PDU): the association is aborted."""
 
 
 class PeerClosed(ConnectionError):
@@ -67,26 +62,12 @@ def whole(pdu_type: int, body: bytes) -> bytes:
     return bytes((pdu_type, 0)) + len(body).to_bytes(4, "big") + body
 
 
-def pdvs(body: bytes) -> Iterator[tuple[int, bytes]]:
-    """The presentation data values of a P-DATA-TF body: (context ID, control header + fragment)."""
-    offset, end = 0, len(body)
-    while offset < end:
-        if offset + 6 > end:
-            raise ProtocolError("P-DATA-TF item header cut short")
-        length = int.from_bytes(body[offset:offset + 4], "big")
-        if length < 2 or offset + 4 + length > end:
-            raise ProtocolError(f"P-DATA-TF item length {length} does not fit the PDU")
-        yield body[offset + 4], body[offset + 5:offset + 4 + length]
-        offset += 4 + length
-
-
 @dataclass(slots=True)
 class Negotiated:
     """An accepted association: who called, the accepted contexts by ID, the peer's max PDU."""
     calling_ae: str
     contexts: dict[int, PresentationContext]
     peer_max_pdu: int
-    message: DIMSEMessage = field(default_factory=DIMSEMessage)
 
 
 def requested(body: bytes) -> A_ASSOCIATE:
@@ -153,44 +134,26 @@ def release_reply() -> bytes:
     return A_RELEASE_RP(primitive).encode()
 
 
-def feed(assoc: Negotiated, body: bytes) -> Iterator[tuple[int, C_STORE | C_ECHO | object]]:
-    """Add a P-DATA-TF body to the message being received; yield (context ID, primitive) per message
-    it completes. Command sets are decoded by pynetdicom's DIMSEMessage."""
-    for context_id, pdv in pdvs(body):
-        if context_id not in assoc.contexts:
-            raise ProtocolError(f"P-DATA on presentation context {context_id}, which was not accepted")
-        primitive = P_DATA()
-        primitive.presentation_data_value_list = [[context_id, pdv]]
-        try:
-            complete = assoc.message.decode_msg(primitive)
-        except Exception as exc:
-            raise ProtocolError(f"undecodable DIMSE command ({type(exc).__name__})") from None
-        if complete:
-            message, assoc.message = assoc.message, DIMSEMessage()
-            yield int(message.context_id), message.message_to_primitive()
-
-
-def stored_file(request: C_STORE, transfer_syntax: str) -> bytes:
+def stored_file(request: StoreRQ, transfer_syntax: str) -> bytes:
     """The DICOM file of a C-STORE request: preamble, file meta (as pynetdicom builds it), dataset as sent."""
-    meta = wire.file_meta(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
+    meta = wire.file_meta(request.sop_class_uid, request.sop_instance_uid, transfer_syntax)
     if meta is None:
-        meta = encode_file_meta(create_file_meta(sop_class_uid=request.AffectedSOPClassUID,
-                                                 sop_instance_uid=request.AffectedSOPInstanceUID,
+        meta = encode_file_meta(create_file_meta(sop_class_uid=request.sop_class_uid,
+                                                 sop_instance_uid=request.sop_instance_uid,
                                                  transfer_syntax=transfer_syntax))
-    dataset = request.DataSet.getvalue() if isinstance(request.DataSet, BytesIO) else b""
-    return b"".join((b"\x00" * 128, b"DICM", meta, dataset))
+    return b"".join((b"\x00" * 128, b"DICM", meta, request.dataset))
 
 
-def store_reply(request: C_STORE, status: Dataset, context_id: int, peer_max_pdu: int) -> bytes:
+def store_reply(request: StoreRQ, status: Dataset, context_id: int, peer_max_pdu: int) -> bytes:
     comment = str(status.ErrorComment) if "ErrorComment" in status else None
-    fast = wire.store_rsp(int(request.MessageID), request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
+    fast = wire.store_rsp(request.message_id, request.sop_class_uid, request.sop_instance_uid,
                           int(status.Status), comment, context_id, peer_max_pdu)
     if fast is not None:
         return fast
     rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = request.MessageID
-    rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-    rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+    rsp.MessageIDBeingRespondedTo = request.message_id
+    rsp.AffectedSOPClassUID = request.sop_class_uid
+    rsp.AffectedSOPInstanceUID = request.sop_instance_uid
     rsp.Status = int(status.Status)
     if comment is not None:
         rsp.ErrorComment = comment

@@ -15,6 +15,7 @@ from pynetdicom.pdu import P_DATA_TF
 from node.intake import upper_layer as ul
 from node.intake import wire
 from node.intake.dimse import StoreStatus, store_response
+from node.intake.messages import StoreRQ
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -74,7 +75,7 @@ def test_a_request_without_an_instance_uid_is_answered_as_pynetdicom_would() -> 
     request.DataSet = BytesIO(b"")
     assert request.AffectedSOPInstanceUID is None
     status = store_response(StoreStatus.CANNOT_UNDERSTAND, "cannot read study/series/SOP UIDs")
-    assert ul.store_reply(request, status, 1, 16384) == _pynetdicom_rsp(
+    assert ul.store_reply(StoreRQ.from_primitive(request), status, 1, 16384) == _pynetdicom_rsp(
         4, CT, None, 0xC000, "cannot read study/series/SOP UIDs", 1, 16384)
 
 
@@ -84,10 +85,10 @@ def test_the_upper_layer_answers_the_same_either_way() -> None:
     request.MessageID, request.AffectedSOPClassUID, request.Priority = 9, CT, 0
     request.AffectedSOPInstanceUID = "1.2." + "3" * 89
     request.DataSet = BytesIO(b"\x08\x00\x16\x00")
-    data = ul.stored_file(request, ExplicitVRLittleEndian)
+    data = ul.stored_file(StoreRQ.from_primitive(request), ExplicitVRLittleEndian)
     meta = encode_file_meta(create_file_meta(sop_class_uid=CT, sop_instance_uid=request.AffectedSOPInstanceUID,
                                              transfer_syntax=ExplicitVRLittleEndian))
     assert data == b"\x00" * 128 + b"DICM" + meta + b"\x08\x00\x16\x00"
     status = store_response(StoreStatus.CANNOT_UNDERSTAND, "SOPInstanceUID is longer than 64 characters")
-    assert ul.store_reply(request, status, 3, 16384) == _pynetdicom_rsp(
+    assert ul.store_reply(StoreRQ.from_primitive(request), status, 3, 16384) == _pynetdicom_rsp(
         9, CT, request.AffectedSOPInstanceUID, 0xC000, "SOPInstanceUID is longer than 64 characters", 3, 16384)
