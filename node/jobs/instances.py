@@ -6,8 +6,10 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Update, bindparam, create_engine, event, select, update
+from sqlalchemy import Connection, Dialect, Engine, Insert, Update, bindparam, create_engine, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -104,8 +106,11 @@ class InstanceWriter:
             return outcomes
 
     def _write(self, conn: Connection, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
-        """The rows of one batch, in SQLAlchemy Core within the caller's transaction."""
+        """The rows of one batch within the caller's transaction: SQLAlchemy Core, but the two statements of
+        every row straight on the DB-API connection with SQLite (_SqliteRows)."""
         add_instance, count_instances = _statements(conn.dialect.name)
+        raw = _sqlite_rows(conn.dialect) if conn.dialect.name == "sqlite" else None
+        dbapi = conn.connection.dbapi_connection if raw else None
         one_writer_sync(conn)
         outcomes: list[RecordOutcome] = []
         added: dict[str, int] = {}
@@ -117,9 +122,9 @@ class InstanceWriter:
             if intake_id is None:
                 intake_id, events = self._new_intake(conn, rec)
             intakes[rec.study_instance_uid] = intake_id
-            result = conn.execute(add_instance, {"intake_id": intake_id, "received_at": utcnow(),
-                                                 **rec.instance_values()})
-            if result.rowcount == 1:
+            values = {"intake_id": intake_id, "received_at": utcnow(), **rec.instance_values()}
+            added_row = raw.insert(dbapi, values) if raw else conn.execute(add_instance, values).rowcount == 1
+            if added_row:
                 added[intake_id] = added.get(intake_id, 0) + 1
                 outcomes.append(RecordOutcome(intake_id, duplicate=False, events=events))
             else:
@@ -128,7 +133,10 @@ class InstanceWriter:
                 outcomes.append(RecordOutcome(first, duplicate=True, events=events))
         now = utcnow()
         for intake_id, n in added.items():
-            conn.execute(count_instances, {"intake": intake_id, "n": n, "now": now})
+            if raw:
+                raw.count(dbapi, intake_id, n, now)
+            else:
+                conn.execute(count_instances, {"intake": intake_id, "n": n, "now": now})
         self._next_intakes = intakes
         return outcomes
 
@@ -166,3 +174,32 @@ def _statements(dialect: str) -> tuple[Insert, Update]:
     count = (update(jobs).where(jobs.c.id == bindparam("intake"))
              .values(instance_count=jobs.c.instance_count + bindparam("n"), updated_at=bindparam("now")))
     return add, count
+
+
+class _SqliteRows:
+    """The two statements of every instance row, on SQLite straight through the DB-API connection of the
+    caller's transaction: SQLAlchemy's execution context cost more than the SQL itself. Values go through
+    the same bind processors SQLAlchemy uses, so the rows are the same (tests/integration/test_store.py)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        table = Instance.__table__
+        self._columns = [c.name for c in table.columns]
+        self._insert = (f"INSERT INTO {table.name} ({', '.join(self._columns)}) "
+                        f"VALUES ({', '.join('?' * len(self._columns))}) ON CONFLICT (sop_instance_uid) DO NOTHING")
+        self._update = (f"UPDATE {Job.__tablename__} SET instance_count = instance_count + ?, updated_at = ? "
+                        f"WHERE id = ?")
+        self._processors = {c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns}
+        self._when = Job.__table__.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
+
+    def insert(self, dbapi: Any, values: dict[str, Any]) -> bool:
+        """True when the row was added (False: the SOP instance was already there)."""
+        params = [values[c] if (f := self._processors[c]) is None else f(values[c]) for c in self._columns]
+        return int(dbapi.cursor().execute(self._insert, params).rowcount) == 1
+
+    def count(self, dbapi: Any, intake_id: str, n: int, now: datetime) -> None:
+        dbapi.cursor().execute(self._update, (n, now if self._when is None else self._when(now), intake_id))
+
+
+@functools.cache
+def _sqlite_rows(dialect: Dialect) -> _SqliteRows:
+    return _SqliteRows(dialect)

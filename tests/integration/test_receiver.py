@@ -155,3 +155,20 @@ async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_ser
     assert [s.Status for s in statuses[:2]] == [StoreStatus.SUCCESS] * 2
     assert statuses[2].Status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert statuses[2].ErrorComment == "image without Pixel Data"
+
+
+async def test_a_sender_s_second_association_is_answered_from_the_first_negotiation(quick_node: Node,
+                                                                                  ct_series: list[Dataset]) -> None:
+    """The same A-ASSOCIATE-RQ gets the same answer without decoding it again; a rejected one stays rejected."""
+    first = await send(quick_node, ct_series[:1])
+    second = await send(quick_node, ct_series[1:2])
+    assert [s.Status for s in first + second] == [StoreStatus.SUCCESS] * 2
+    assert quick_node.scp._negotiated.cache_info().hits >= 1          # type: ignore[union-attr]
+
+    def rejected() -> bytes:
+        sock = raw(quick_node.scp.port)
+        sock.sendall(associate_rq(called="SOMEONE_ELSE"))
+        return read_all(sock)
+    for _ in range(2):
+        answer = await asyncio.to_thread(rejected)
+        assert answer[0] == 0x03 and answer[7:10] == bytes((1, 1, 7))    # A-ASSOCIATE-RJ, called AE not known

@@ -1,10 +1,16 @@
 import asyncio
+import re
 import threading
 from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select, text
 
 from node.errors import InvalidTransition, JobNotFound
+from node.jobs.instances import _statements
+from node.jobs.models import Instance, utcnow
 from node.jobs.records import Delivery, JobResults, ResultFile
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
@@ -219,3 +225,28 @@ async def test_audit_rows_are_kept_newest_first(store: JobStore) -> None:
     assert [(r["actor"], r["role"], r["action"]) for r in log] == [("ohif", "viewer", "list jobs"),
                                                                    ("alice", "admin", "download seg")]
     assert log[1]["job_id"] == "j1" and log[1]["at"].endswith("+00:00")
+
+
+async def test_sqlite_instance_rows_written_directly_equal_sqlalchemy_s(tmp_path: Path) -> None:
+    """The in-thread SQLite path writes the instance row and count through the DB-API connection; they
+    must be the rows SQLAlchemy's statement writes (same columns, types and datetime format)."""
+    store = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path}/jobs.db")
+    try:
+        direct = await asyncio.to_thread(store.record_instance_blocking, rec("1.1"))
+        twin = {**rec("1.2").instance_values(), "intake_id": direct.intake_id, "received_at": utcnow()}
+        async with store.engine.begin() as conn:
+            await conn.execute(_statements("sqlite")[0], twin)
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT *, typeof(received_at), typeof(size) FROM instances ORDER BY sop_instance_uid"))).all()
+            by_uid = select(Instance.received_at).order_by(Instance.sop_instance_uid)
+            stamps = (await conn.execute(by_uid)).scalars().all()
+        (a, b) = [dict(r._mapping) for r in rows]
+        assert {k: v for k, v in a.items() if k not in ("sop_instance_uid", "path", "received_at")} == \
+               {k: v for k, v in b.items() if k not in ("sop_instance_uid", "path", "received_at")}
+        stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+        assert stamp.fullmatch(a["received_at"]) and stamp.fullmatch(b["received_at"])
+        assert isinstance(stamps[0], datetime) and stamps[0].tzinfo == stamps[1].tzinfo
+        assert (await store.get(direct.intake_id)).instance_count == 1     # the count: the direct row only
+    finally:
+        await store.close()
