@@ -6,14 +6,15 @@ Writes bench/out/ingest.json. Figures are medians of interleaved rounds.
 
 Every send is a fresh copy of the study (new UIDs, same pixels), so no receiver takes its duplicate
 path. A fourth reference, "durable write floor", writes the same files in-process exactly as Segnode's
-spool does (temp file, fsync, rename, folder fsync) with no network at all: no receiver that makes each
-instance durable before answering Success can be faster than that on this disk.
+spool does (node.fsutil.write_new: an unnamed file, fsync, link, folder fsync) with no network at all: no
+receiver that makes each instance durable before answering Success can be faster than that on this disk.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_result
-from node.fsutil import write_atomic
+from node.fsutil import write_new
 from node.synth.series import write_series
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import free_port, peer_env, tool, wait_until
@@ -49,12 +50,16 @@ def durable_writes(out: Path) -> Callable[[list[Path]], None]:
         target = out / folder.name
         target.mkdir()
         for f in sorted(folder.iterdir()):
-            write_atomic(target / f.name, f.read_bytes())
+            write_new(target / f.name, f.read_bytes())
 
     def write(folders: list[Path]) -> None:
         with ThreadPoolExecutor(len(folders)) as pool:
             list(pool.map(write_one, folders))
     return write
+
+
+Measured = tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]],
+                 dict[str, list[tuple[float, float, float]]]]
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -64,33 +69,55 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU the whole machine has spent busy (all cores, all processes and kernel threads), and
+    in total (busy + idle), from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / tick, sum(ticks) / tick
+
+
+def senders_cpu() -> float:
+    """CPU seconds used so far by this process's finished children (the storescu senders)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rounds(runs: dict[str, Callable[[list[Path]], None]], batches: list[list[Path]],
-           pids: dict[str, int]) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+           pids: dict[str, int]) -> Measured:
     """Every batch to every receiver in turn (interleaved, so a noisy moment hits them alike): seconds each,
-    and the user and system CPU seconds each receiver process spent on it."""
+    the user and system CPU seconds each receiver process spent on it, and for each run the machine's busy
+    CPU seconds, its share of the machine's capacity, and the senders' CPU seconds."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
+    machine: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
     for batch in batches:
         for name, run in runs.items():
             before = cpu_seconds(pids[name]) if name in pids else (0.0, 0.0)
+            busy0, all0, send0 = *machine_cpu(), senders_cpu()
             t = time.perf_counter()
             run(batch)
             times[name].append(time.perf_counter() - t)
+            busy1, all1, send1 = *machine_cpu(), senders_cpu()
+            machine[name].append((busy1 - busy0, (busy1 - busy0) / max(all1 - all0, 1e-9), send1 - send0))
             if name in pids:
                 after = cpu_seconds(pids[name])
                 cpu[name].append((after[0] - before[0], after[1] - before[1]))
-    return times, cpu
+    return times, cpu, machine
 
 
-def summary(measured: tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]], n: int,
-            mb: float) -> dict[str, Any]:
-    times, cpu = measured
+def summary(measured: Measured, n: int, mb: float) -> dict[str, Any]:
+    times, cpu, machine = measured
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"rates": {k: {"instances_per_s": n / v, "mb_per_s": mb / v, "median_s": v, "all_s": times[k]}
                       for k, v in med.items()},
             "cpu_ms_per_instance": {k: {"user": 1000 * statistics.median(u for u, _ in v) / n,
                                         "system": 1000 * statistics.median(s for _, s in v) / n}
                                     for k, v in cpu.items()},
+            "machine": {k: {"busy_cpu_ms_per_instance": 1000 * statistics.median(b for b, _, _ in v) / n,
+                            "busy_share": statistics.median(f for _, f, _ in v),
+                            "senders_cpu_ms_per_instance": 1000 * statistics.median(c for _, _, c in v) / n}
+                        for k, v in machine.items()},
             "ratios": {"segnode / storescp": med["dcmtk_storescp"] / med["segnode"],
                        "segnode / orthanc": med["orthanc"] / med["segnode"],
                        "segnode / durable write floor": med["durable_write_floor"] / med["segnode"]}}
@@ -123,13 +150,15 @@ def main() -> None:
             print(f"  {k:20s} {r['instances_per_s']:8.0f} instances/s {r['mb_per_s']:7.1f} MB/s")
         for k, v in result[case]["cpu_ms_per_instance"].items():
             print(f"  {k:20s} CPU {v['user']:.2f} ms user + {v['system']:.2f} ms system per instance")
+        for k, v in result[case]["machine"].items():
+            print(f"  {k:20s} machine busy {100 * v['busy_share']:3.0f} %, {v['busy_cpu_ms_per_instance']:.2f} ms "
+                  f"busy CPU per instance, of which senders {v['senders_cpu_ms_per_instance']:.2f} ms")
         for k, v in result[case]["ratios"].items():
             print(f"  {k:32s} {v:5.2f}")
     print("goal: 1 association >= 1.0 x orthanc, 4 associations >= 1.5 x orthanc; stretch >= 0.67 x storescp")
     print("wrote", write_result("ingest", result))
 
 
-Measured = tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]
 
 
 def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: int,
