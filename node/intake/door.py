@@ -1,5 +1,5 @@
 """At the door, for either receiver: check a received C-STORE and make it durable (everything before
-the store commit). Pure of any network code: a receiver hands in a StoreRequest, on a worker thread."""
+the store commit). Pure of any network code: a receiver hands in a StoreRequest, on the association's thread."""
 
 from __future__ import annotations
 
