@@ -95,18 +95,22 @@ class Door:
         return store_response(StoreStatus.SUCCESS)
 
     def _accepted(self, req: StoreRequest) -> tuple[bytes, InstanceRecord, str]:
+        """The bytes to store, the record and any warning; Refused with the reason (the instance's own
+        problems first, then a shutdown in progress)."""
+        data, record, warning = self._checked(req)
+        if self.stopping.is_set():
+            raise Refused(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
+        return data, record, warning
+
+    def _checked(self, req: StoreRequest) -> tuple[bytes, InstanceRecord, str]:
         clean = clean_header(req.data, req.sop_class_uid, req.transfer_syntax_uid, req.affected_sop_instance_uid,
                              self.limits)
         if clean is not None:                        # the common case, confirmed without pydicom
-            if self.stopping.is_set():
-                raise Refused(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
             return req.data, clean_record(clean, calling_ae=req.calling_ae,
                                           transfer_syntax_uid=req.transfer_syntax_uid), ""
         try:
             data, ds, uids = checked(req, self.limits)
             data, ds, warning = coerced(data, ds, uids, req.calling_ae)
-            if self.stopping.is_set():
-                raise Refused(StoreStatus.OUT_OF_RESOURCES, "node is shutting down; send again later")
             record = instance_record(ds, uids, path=Path(), size=0, calling_ae=req.calling_ae,
                                      transfer_syntax_uid=req.transfer_syntax_uid)
         except Refused:

@@ -26,9 +26,11 @@ from node.intake.image_check import (
     BAD_FREE,
     BAD_STRICT,
     FREE_TEXT_VRS,
-    SAMPLES_PER_PIXEL,
     TEXT_VRS,
     ImageLimits,
+    ImageProblem,
+    check_matrix,
+    check_samples,
     native_length,
 )
 from node.intake.uids import InstanceUIDs, check_uid
@@ -236,6 +238,8 @@ def _confirmed(values: dict[int, bytes], sop_class_uid: str, affected_sop_instan
                limits: ImageLimits) -> CleanHeader | None:
     if b"2022" in values.get(CHARSET, b""):
         return None                          # code extensions: ESC is legal, values need pydicom to decode
+    if b"=" in values.get(PATIENT_NAME, b""):
+        return None                          # component groups: pydicom drops empty trailing ones
     uids = InstanceUIDs(study_instance_uid=check_uid(_text(values, STUDY_UID), "StudyInstanceUID"),
                         series_instance_uid=check_uid(_text(values, SERIES_UID), "SeriesInstanceUID"),
                         sop_instance_uid=check_uid(_text(values, SOP_UID), "SOPInstanceUID"),
@@ -255,23 +259,22 @@ def _confirmed(values: dict[int, bytes], sop_class_uid: str, affected_sop_instan
 
 
 def _native_image_fits(values: dict[int, bytes], limits: ImageLimits) -> bool:
-    """node/intake/image_check.check_image's native-syntax checks, on raw values: all pass."""
+    """node/intake/image_check.check_image's native-syntax checks (the same functions), on raw values."""
     if FLOAT_PIXEL_DATA in values or DOUBLE_PIXEL_DATA in values or PIXEL_DATA not in values:
         return False
-    rows, cols = _us(values, ROWS), _us(values, COLUMNS)
     frames = 1
     if FRAMES in values:
         if not _DIGITS.fullmatch(values[FRAMES]):
             return False
         frames = int(values[FRAMES])
-    if not (0 < rows <= limits.max_matrix and 0 < cols <= limits.max_matrix and 0 < frames <= limits.max_frames):
-        return False
+    rows, cols = _us(values, ROWS), _us(values, COLUMNS)
     spp, allocated = _us(values, SAMPLES), _us(values, BITS_ALLOCATED)
-    stored, high = _us(values, BITS_STORED), _us(values, HIGH_BIT)
     photometric = _text(values, PHOTOMETRIC).strip()
-    if allocated not in (1, 8, 16, 32, 64) or not 0 < stored <= allocated or high != stored - 1:
-        return False
-    if _us(values, PIXEL_REPRESENTATION) not in (0, 1) or SAMPLES_PER_PIXEL.get(photometric) != spp:
+    try:
+        check_matrix(rows, cols, frames, limits)
+        check_samples(spp, allocated, _us(values, BITS_STORED), _us(values, HIGH_BIT),
+                      _us(values, PIXEL_REPRESENTATION), photometric)
+    except ImageProblem:
         return False
     expected = native_length(rows, cols, frames, spp, allocated, photometric)
     return len(values[PIXEL_DATA]) in (expected, expected + (expected & 1))

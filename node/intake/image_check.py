@@ -60,27 +60,37 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
 def _pixel_module(ds: Dataset, limits: ImageLimits) -> tuple[int, int, int, int, int, str]:
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     frames = _int(ds, "NumberOfFrames", 1)
-    if not (0 < rows <= limits.max_matrix and 0 < cols <= limits.max_matrix):
-        raise ImageProblem(f"Rows x Columns {rows} x {cols} outside 1..{limits.max_matrix}", dataset_mismatch=True)
-    if not 0 < frames <= limits.max_frames:
-        raise ImageProblem(f"NumberOfFrames {frames} outside 1..{limits.max_frames}", dataset_mismatch=True)
+    check_matrix(rows, cols, frames, limits)
     # Type 1 in the Image Pixel module: a decoder needs each of them, so none has a default here
     spp, allocated = _int(ds, "SamplesPerPixel"), _int(ds, "BitsAllocated")
     stored, high = _int(ds, "BitsStored"), _int(ds, "HighBit")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    check_samples(spp, allocated, stored, high, _int(ds, "PixelRepresentation"), photometric)
+    return rows, cols, frames, spp, allocated, photometric
+
+
+def check_matrix(rows: int, cols: int, frames: int, limits: ImageLimits) -> None:
+    """Raise ImageProblem for a matrix or frame count outside the limits."""
+    if not (0 < rows <= limits.max_matrix and 0 < cols <= limits.max_matrix):
+        raise ImageProblem(f"Rows x Columns {rows} x {cols} outside 1..{limits.max_matrix}", dataset_mismatch=True)
+    if not 0 < frames <= limits.max_frames:
+        raise ImageProblem(f"NumberOfFrames {frames} outside 1..{limits.max_frames}", dataset_mismatch=True)
+
+
+def check_samples(spp: int, allocated: int, stored: int, high: int, representation: int, photometric: str) -> None:
+    """Raise ImageProblem for an Image Pixel module a decoder cannot follow."""
     if allocated not in (1, 8, 16, 32, 64):
         raise ImageProblem(f"BitsAllocated {allocated} is not 1, 8, 16, 32 or 64", dataset_mismatch=True)
     if not 0 < stored <= allocated or high != stored - 1:
         raise ImageProblem(f"BitsStored {stored} / HighBit {high} inconsistent with BitsAllocated {allocated}",
                            dataset_mismatch=True)
-    if _int(ds, "PixelRepresentation") not in (0, 1):
+    if representation not in (0, 1):
         raise ImageProblem("PixelRepresentation is not 0 or 1", dataset_mismatch=True)
     if photometric not in SAMPLES_PER_PIXEL:
         raise ImageProblem(f"PhotometricInterpretation {photometric[:16]!r} unknown", dataset_mismatch=True)
     if SAMPLES_PER_PIXEL[photometric] != spp:
         raise ImageProblem(f"{photometric} needs SamplesPerPixel {SAMPLES_PER_PIXEL[photometric]}, got {spp}",
                            dataset_mismatch=True)
-    return rows, cols, frames, spp, allocated, photometric
 
 
 def native_length(rows: int, cols: int, frames: int, spp: int, allocated: int, photometric: str) -> int:
@@ -183,9 +193,17 @@ def _vr(elem: object) -> str | None:
         return None
 
 
+def _code_extensions(ds: Dataset) -> bool:
+    """Does the Specific Character Set use ISO 2022 code extensions (where ESC is legal)? One value or several."""
+    charsets = ds.get("SpecificCharacterSet") or []
+    if isinstance(charsets, str):
+        charsets = [charsets]
+    return any("2022" in str(cs) for cs in charsets)
+
+
 def control_character_tags(ds: Dataset) -> list[int]:
     """Tags of top-level text elements holding control characters (ESC only outside ISO 2022)."""
-    iso2022 = any("2022" in str(cs) for cs in ds.get("SpecificCharacterSet", []) or [])
+    iso2022 = _code_extensions(ds)
     found = []
     for elem in ds.elements():
         vr = _vr(elem)
@@ -201,7 +219,7 @@ def control_character_tags(ds: Dataset) -> list[int]:
 
 def scrub_control_characters(ds: Dataset, tags: list[int]) -> None:
     """Replace the control characters of `tags` in place: trailing NUL padding dropped, others become '?'."""
-    iso2022 = any("2022" in str(cs) for cs in ds.get("SpecificCharacterSet", []) or [])
+    iso2022 = _code_extensions(ds)
     for tag in tags:
         raw = ds.get_item(tag)
         if not isinstance(raw, RawDataElement):

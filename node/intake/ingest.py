@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -43,7 +44,8 @@ class Ingest:
                 self.instances_received += 1
         if self._assembler.instance_received(outcome.intake_id) and self._loop is not None:
             # a new study: its deadline may come before the one being waited for
-            self._loop.call_soon_threadsafe(self._wake.set)
+            with contextlib.suppress(RuntimeError):     # the loop has closed (shutdown): it is stored anyway
+                self._loop.call_soon_threadsafe(self._wake.set)
         return outcome
 
     async def route_stable(self) -> int:

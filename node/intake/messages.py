@@ -121,6 +121,9 @@ class Incoming:
         if self.store is None:                      # data before the command set is complete: pynetdicom's way
             self._replay(context_id, last=False)
             return self._slowly(context_id, pdv)
+        if context_id != self.store.context_id:
+            raise ProtocolError(f"a data set fragment on context {context_id} for a command on context "
+                                f"{self.store.context_id}")
         self.data.append(fragment)
         if not control & 2:
             return None

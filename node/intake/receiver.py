@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -37,20 +36,23 @@ from node.tcp import set_nodelay
 logger = logging.getLogger(__name__)
 
 _NO_LIMIT = 2**31 - 1
-_READ_BUFFER = 256 * 1024
 _EXTRA_CONNECTIONS = 16          # connections still negotiating, beyond max_associations
-_CACHED_NEGOTIATIONS = 32        # distinct A-ASSOCIATE-RQs (senders) whose answer is kept
+_CACHED_NEGOTIATIONS = 32        # distinct accepted A-ASSOCIATE-RQs (senders) whose answer is kept
+_CACHED_REQUEST_BYTES = 64 * 1024
 
 
 @dataclass(eq=False)
 class _Connection:
     sock: socket.socket
     peer: object
+    send_timeout_s: float
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
 
     def send(self, data: bytes) -> None:
+        """All of `data`, within the DIMSE timeout (a read may have left the socket's timeout nearly spent)."""
         with self.send_lock:
+            self.sock.settimeout(self.send_timeout_s)
             self.sock.sendall(data)
 
 
@@ -70,7 +72,7 @@ class ThreadedStorageSCP:
         self._supported: list[PresentationContext] = [build_context(Verification)] + [
             build_context(sop, TRANSFER_SYNTAXES) for sop in STORAGE_SOP_CLASSES]
         self._max_body = settings.max_pdu_bytes + 6 if settings.max_pdu_bytes else _NO_LIMIT
-        self._negotiated = functools.lru_cache(maxsize=_CACHED_NEGOTIATIONS)(self._negotiation)
+        self._negotiations: OrderedDict[bytes, tuple[A_ASSOCIATE, bytes, ul.Negotiated]] = OrderedDict()
 
     @property
     def listening(self) -> bool:
@@ -84,7 +86,9 @@ class ThreadedStorageSCP:
 
     async def start(self) -> None:
         s = self.settings
-        listener = socket.create_server((s.bind_address, s.port), backlog=128)
+        family = socket.getaddrinfo(s.bind_address or None, s.port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        listener = socket.create_server((s.bind_address, s.port), family=family, backlog=128)
         listener.setblocking(False)
         self._listener = listener
         self._accepting = asyncio.create_task(self._accept(listener), name="dicom-accept")
@@ -108,7 +112,7 @@ class ThreadedStorageSCP:
             logger.warning("shutdown: aborting an association after the grace period")
             await asyncio.to_thread(self._abort, conn)
         for conn in self._open():
-            if conn.thread is not None:
+            if conn.thread is not None and conn.thread.ident is not None:
                 await asyncio.to_thread(conn.thread.join, 5)
         logger.info("DICOM SCP stopped")
 
@@ -139,28 +143,41 @@ class ThreadedStorageSCP:
                 logger.error("DICOM SCP: accept failed (%s)", exc.strerror)
                 await asyncio.sleep(0.5)
                 continue
+            try:
+                self._open_association(sock, peer, limit)
+            except Exception:                          # edge: one connection's failure, not the port's
+                logger.exception("connection from %s could not be served", peer)
+                sock.close()
+
+    def _open_association(self, sock: socket.socket, peer: object, limit: int) -> None:
+        conn = _Connection(sock, peer, self.settings.dimse_timeout_s)
+        with self._lock:
+            crowded = len(self._connections) >= limit
+            if not crowded:
+                self._connections.add(conn)
+        if crowded:
+            logger.warning("connection from %s closed: %d connections already open", peer, limit)
+            sock.close()
+            return
+        try:
             sock.setblocking(True)
             set_nodelay(sock)
-            conn = _Connection(sock, peer)
-            with self._lock:
-                crowded = len(self._connections) >= limit
-                if not crowded:
-                    self._connections.add(conn)
-            if crowded:
-                logger.warning("connection from %s closed: %d connections already open", peer, limit)
-                sock.close()
-                continue
             conn.thread = threading.Thread(target=self._association, args=(conn,), name="dicom-association",
                                            daemon=True)
             conn.thread.start()
+        except BaseException:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.thread = None
+            raise
 
     # -- one association, on its own thread ----------------------------------------------------------
     def _association(self, conn: _Connection) -> None:
-        stream = conn.sock.makefile("rb", buffering=_READ_BUFFER)
+        reader = ul.PduReader(conn.sock)
         try:
-            assoc = self._associate(conn, stream)
+            assoc = self._associate(conn, reader)
             if assoc is not None:
-                self._serve(conn, assoc, stream)
+                self._serve(conn, assoc, reader)
         except ConnectionError:                        # ul.PeerClosed, a reset, or shut by stop()
             logger.info("association from %s: the peer closed the connection", conn.peer)
         except TimeoutError:
@@ -177,7 +194,6 @@ class ThreadedStorageSCP:
         finally:
             with self._lock:
                 self._connections.discard(conn)
-            stream.close()
             conn.sock.close()
 
     @staticmethod
@@ -185,11 +201,10 @@ class ThreadedStorageSCP:
         with contextlib.suppress(OSError):
             conn.send(data)
 
-    def _associate(self, conn: _Connection, stream: BinaryIO) -> ul.Negotiated | None:
+    def _associate(self, conn: _Connection, reader: ul.PduReader) -> ul.Negotiated | None:
         """ARTIM: the A-ASSOCIATE-RQ must arrive within acse_timeout_s. Answer AC or RJ."""
         s = self.settings
-        conn.sock.settimeout(s.acse_timeout_s)
-        pdu_type, body = ul.read_pdu(stream, ul.MAX_ASSOCIATE_RQ_BYTES)
+        pdu_type, body = reader.read_pdu(ul.MAX_ASSOCIATE_RQ_BYTES, s.acse_timeout_s)
         if pdu_type != ul.ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {pdu_type}")
         rq, reason, reply, assoc = self._negotiated(body)
@@ -209,31 +224,43 @@ class ThreadedStorageSCP:
             raise
         return assoc
 
-    def _negotiation(self, body: bytes) -> tuple[A_ASSOCIATE, tuple[int, ...], bytes, ul.Negotiated | None]:
+    def _negotiated(self, body: bytes) -> tuple[A_ASSOCIATE, tuple[int, ...], bytes, ul.Negotiated | None]:
         """The answer to an A-ASSOCIATE-RQ: the request, a reject reason (none: accepted), the A-ASSOCIATE-AC
-        and the accepted association. Depends on nothing but `body` and the settings, so it is cached
-        (`_negotiated`): decoding and negotiating the 128 contexts storescu offers costs ~8 ms, and a
-        sender offers the same ones every time."""
+        and the accepted association. It depends on nothing but `body` and the settings, so accepted ones
+        are kept (the last few distinct requests, up to 64 KB each): decoding and negotiating the 128
+        contexts storescu offers costs ~8 ms, and a sender offers the same ones every time."""
+        with self._lock:
+            cached = self._negotiations.get(body)
+            if cached is not None:
+                self._negotiations.move_to_end(body)
+        if cached is not None:
+            rq, reply, assoc = cached
+            return rq, (), reply, assoc
         s = self.settings
         rq = ul.requested(body)
         reason = ul.reject_reason(rq, s.ae_title, s.allowed_calling_aes, s.require_called_ae)
         if reason:
             return rq, reason, b"", None
         reply, assoc = ul.accept(rq, self._supported, s.max_pdu_bytes)
+        if len(body) <= _CACHED_REQUEST_BYTES:
+            with self._lock:
+                self._negotiations[body] = (rq, reply, assoc)
+                if len(self._negotiations) > _CACHED_NEGOTIATIONS:
+                    self._negotiations.popitem(last=False)
         return rq, (), reply, assoc
 
     def _released(self) -> None:
         with self._lock:
             self._established -= 1
 
-    def _serve(self, conn: _Connection, assoc: ul.Negotiated, stream: BinaryIO) -> None:
+    def _serve(self, conn: _Connection, assoc: ul.Negotiated, reader: ul.PduReader) -> None:
         """P-DATA until release or abort: idle for network_timeout_s at most, dimse_timeout_s inside a message."""
         s = self.settings
         incoming = Incoming()
         try:
             while True:
-                conn.sock.settimeout(s.dimse_timeout_s if incoming.started else s.network_timeout_s)
-                pdu_type, body = ul.read_pdu(stream, self._max_body)
+                pdu_type, body = reader.read_pdu(self._max_body, s.dimse_timeout_s if incoming.started
+                                                 else s.network_timeout_s)
                 if pdu_type == ul.DATA_TF:
                     for context_id, message in feed(assoc.contexts, incoming, body):
                         conn.send(self._answer(assoc, context_id, message))

@@ -24,22 +24,20 @@ def instance_record(ds: Dataset, uids: InstanceUIDs, *, path: Path, size: int, c
                     transfer_syntax_uid: str) -> InstanceRecord:
     """What the store keeps of a spooled instance: its UIDs, file, sender and the header values routing
     reads; patient name and ID go on the job for the admin view only."""
-    return InstanceRecord(
-        sop_instance_uid=uids.sop_instance_uid, study_instance_uid=uids.study_instance_uid,
-        series_instance_uid=uids.series_instance_uid, sop_class_uid=uids.sop_class_uid,
-        transfer_syntax_uid=transfer_syntax_uid, path=str(path), size=size, calling_ae=calling_ae,
-        modality=_text(ds, "Modality", 16), body_part_examined=_text(ds, "BodyPartExamined", 64),
-        series_description=_text(ds, "SeriesDescription", 64),
-        patient_name=_text(ds, "PatientName", 200), patient_id=_text(ds, "PatientID", 64))
+    header = CleanHeader(uids, modality=_text(ds, "Modality", 16), body_part_examined=_text(ds, "BodyPartExamined", 64),
+                         series_description=_text(ds, "SeriesDescription", 64),
+                         patient_name=_text(ds, "PatientName", 200), patient_id=_text(ds, "PatientID", 64))
+    return clean_record(header, calling_ae=calling_ae, transfer_syntax_uid=transfer_syntax_uid, path=path, size=size)
 
 
-def clean_record(header: CleanHeader, *, calling_ae: str, transfer_syntax_uid: str) -> InstanceRecord:
-    """instance_record for a header the door's fast path read (the same values, without a Dataset)."""
+def clean_record(header: CleanHeader, *, calling_ae: str, transfer_syntax_uid: str, path: Path = Path(),
+                 size: int = 0) -> InstanceRecord:
+    """The record of a header's values, whether the door's fast path or pydicom read them."""
     uids = header.uids
     return InstanceRecord(
         sop_instance_uid=uids.sop_instance_uid, study_instance_uid=uids.study_instance_uid,
         series_instance_uid=uids.series_instance_uid, sop_class_uid=uids.sop_class_uid,
-        transfer_syntax_uid=transfer_syntax_uid, path="", size=0, calling_ae=calling_ae,
+        transfer_syntax_uid=transfer_syntax_uid, path=str(path), size=size, calling_ae=calling_ae,
         modality=header.modality, body_part_examined=header.body_part_examined,
         series_description=header.series_description, patient_name=header.patient_name,
         patient_id=header.patient_id)

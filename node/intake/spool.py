@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import SpoolFull
-from node.fsutil import free_bytes, is_part_file, make_dirs, write_new
+from node.fsutil import free_bytes, is_part_file, make_dirs, sync_existing, write_new
 from node.intake.uids import InstanceUIDs
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ class Spool:
     def write_instance(self, uids: InstanceUIDs, data: bytes | memoryview) -> SpoolWrite:
         """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors."""
         target = self.path_for(uids)
+        if target.exists():
+            return self._first_copy(target)
         if free_bytes(self.root) - len(data) < self.min_free_bytes:
-            if target.exists():
-                return SpoolWrite(target, target.stat().st_size, duplicate=True)
             raise SpoolFull(f"free disk below the floor of {self.min_free_bytes // 2**20} MB")
         if target.parent not in self._folders:
             make_dirs(target.parent)
@@ -57,9 +57,16 @@ class Spool:
                     self._folders.pop(target.parent, None)
                 make_dirs(target.parent)
                 write_new(target, data, sync=self._sync)
-        except FileExistsError:
-            return SpoolWrite(target, target.stat().st_size, duplicate=True)
+        except FileExistsError:                     # another association wrote it just now
+            return self._first_copy(target)
         return SpoolWrite(target, len(data), duplicate=False)
+
+    def _first_copy(self, target: Path) -> SpoolWrite:
+        """A resent instance: the first copy is kept, and made durable before it is answered for (another
+        association may have linked it and not yet fsynced its folder)."""
+        if self._sync:
+            sync_existing(target)
+        return SpoolWrite(target, target.stat().st_size, duplicate=True)
 
     def _remember(self, folder: Path) -> None:
         """Series folders known to exist, so the next instance skips the checks (the most recent few)."""

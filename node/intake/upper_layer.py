@@ -4,9 +4,11 @@ decoders are pynetdicom's (imported, not copied); only the reading loop is ours,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import MappingProxyType
 
 from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -40,33 +42,72 @@ REJECT_PROTOCOL_VERSION = (1, 2, 2)
 REJECT_TOO_MANY = (2, 3, 2)                  # transient, service provider (presentation), local limit exceeded
 
 
+_READ_AHEAD = 64 * 1024
+
+
 class PeerClosed(ConnectionError):
     """The peer closed the connection, between PDUs or inside one."""
 
 
-def read_pdu(stream: BinaryIO, max_body: int) -> tuple[int, bytes]:
-    """One PDU from a blocking stream: its type and body. ProtocolError above `max_body`, PeerClosed at EOF."""
-    header = stream.read(6)
-    if len(header) < 6:
-        raise PeerClosed("connection closed")
-    length = int.from_bytes(header[2:6], "big")
-    if length > max_body:
-        raise ProtocolError(f"PDU type {header[0]} of {length} bytes exceeds the {max_body} byte limit")
-    body = stream.read(length)
-    if len(body) < length:
-        raise PeerClosed("connection closed inside a PDU")
-    return header[0], body
+class PduReader:
+    """Reads whole PDUs from a blocking socket, each within a deadline for the whole PDU: a peer that
+    trickles bytes cannot hold the association past it. Reads ahead at most one receive buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._ahead = bytearray()
+
+    def read_pdu(self, max_body: int, timeout_s: float) -> tuple[int, bytes]:
+        """One PDU: its type and body. ProtocolError above `max_body`, PeerClosed at EOF, TimeoutError when
+        the whole PDU has not arrived within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        header = self._read(6, deadline)
+        length = int.from_bytes(header[2:6], "big")
+        if length > max_body:
+            raise ProtocolError(f"PDU type {header[0]} of {length} bytes exceeds the {max_body} byte limit")
+        return header[0], self._read(length, deadline)
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        if len(self._ahead) >= n:
+            out = bytes(self._ahead[:n])
+            del self._ahead[:n]
+            return out
+        out = bytearray(n)
+        view = memoryview(out)
+        got = len(self._ahead)
+        view[:got] = self._ahead
+        self._ahead.clear()
+        while got < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the peer did not send the whole PDU in time")
+            self._sock.settimeout(remaining)
+            if n - got < _READ_AHEAD:               # a header or a short PDU: take what else has arrived
+                chunk = self._sock.recv(_READ_AHEAD)
+                if not chunk:
+                    raise PeerClosed("connection closed" if got == 0 else "connection closed inside a PDU")
+                take = min(len(chunk), n - got)
+                view[got:got + take] = chunk[:take]
+                self._ahead += chunk[take:]
+                got += take
+            else:
+                k = self._sock.recv_into(view[got:])
+                if not k:
+                    raise PeerClosed("connection closed inside a PDU")
+                got += k
+        return bytes(out)
 
 
 def whole(pdu_type: int, body: bytes) -> bytes:
     return bytes((pdu_type, 0)) + len(body).to_bytes(4, "big") + body
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Negotiated:
-    """An accepted association: who called, the accepted contexts by ID, the peer's max PDU."""
+    """An accepted association: who called, the accepted contexts by ID, the peer's max PDU. Read-only:
+    the receiver shares one among the associations of a sender that asks the same (its negotiation cache)."""
     calling_ae: str
-    contexts: dict[int, PresentationContext]
+    contexts: Mapping[int, PresentationContext]
     peer_max_pdu: int
 
 
@@ -118,7 +159,8 @@ def accept(rq: A_ASSOCIATE, supported: list[PresentationContext], max_pdu: int) 
     impl_name.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
     rsp.user_information = [length, impl_uid, impl_name, *ac_roles]
     contexts = {int(cx.context_id): cx for cx in result if cx.result == 0}
-    return A_ASSOCIATE_AC(rsp).encode(), Negotiated(rq.calling_ae_title.strip(), contexts, int(peer_max))
+    return A_ASSOCIATE_AC(rsp).encode(), Negotiated(rq.calling_ae_title.strip(), MappingProxyType(contexts),
+                                                    int(peer_max))
 
 
 def abort(reason: int = 0) -> bytes:

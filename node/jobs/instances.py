@@ -194,10 +194,19 @@ class _SqliteRows:
     def insert(self, dbapi: Any, values: dict[str, Any]) -> bool:
         """True when the row was added (False: the SOP instance was already there)."""
         params = [values[c] if (f := self._processors[c]) is None else f(values[c]) for c in self._columns]
-        return int(dbapi.cursor().execute(self._insert, params).rowcount) == 1
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(self._insert, params)
+            return int(cursor.rowcount) == 1
+        finally:
+            cursor.close()
 
     def count(self, dbapi: Any, intake_id: str, n: int, now: datetime) -> None:
-        dbapi.cursor().execute(self._update, (n, now if self._when is None else self._when(now), intake_id))
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(self._update, (n, now if self._when is None else self._when(now), intake_id))
+        finally:
+            cursor.close()
 
 
 @functools.cache

@@ -4,7 +4,9 @@ DIMSE and idle timeouts, peers that vanish mid-PDU or abort, oversized PDUs, PDU
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -159,11 +161,12 @@ async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_ser
 
 async def test_a_sender_s_second_association_is_answered_from_the_first_negotiation(quick_node: Node,
                                                                                   ct_series: list[Dataset]) -> None:
-    """The same A-ASSOCIATE-RQ gets the same answer without decoding it again; a rejected one stays rejected."""
+    """The same A-ASSOCIATE-RQ gets the same answer without decoding it again; a rejected one stays rejected
+    and is not kept."""
     first = await send(quick_node, ct_series[:1])
     second = await send(quick_node, ct_series[1:2])
     assert [s.Status for s in first + second] == [StoreStatus.SUCCESS] * 2
-    assert quick_node.scp._negotiated.cache_info().hits >= 1          # type: ignore[union-attr]
+    assert len(quick_node.scp._negotiations) == 1          # type: ignore[union-attr]   # one sender, one entry
 
     def rejected() -> bytes:
         sock = raw(quick_node.scp.port)
@@ -172,3 +175,22 @@ async def test_a_sender_s_second_association_is_answered_from_the_first_negotiat
     for _ in range(2):
         answer = await asyncio.to_thread(rejected)
         assert answer[0] == 0x03 and answer[7:10] == bytes((1, 1, 7))    # A-ASSOCIATE-RJ, called AE not known
+    assert len(quick_node.scp._negotiations) == 1          # type: ignore[union-attr]   # refusals are not kept
+
+
+async def test_a_peer_trickling_its_request_is_cut_off_at_the_deadline(quick_node: Node) -> None:
+    """ARTIM bounds the whole A-ASSOCIATE-RQ, not each read: one byte every 0.2 s (a read never waits
+    0.5 s) is aborted after acse_timeout_s = 0.5 s, not kept for the ~15 s the request would take."""
+    def trickle() -> float:
+        sock = raw(quick_node.scp.port)
+        start = time.monotonic()
+        try:
+            for byte in associate_rq():
+                sock.sendall(bytes((byte,)))
+                time.sleep(0.2)
+                if select.select([sock], [], [], 0)[0]:
+                    break                                   # the node answered (A-ABORT) or closed it
+        except OSError:
+            pass
+        return time.monotonic() - start
+    assert await asyncio.to_thread(trickle) < 3.0

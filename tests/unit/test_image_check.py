@@ -120,6 +120,13 @@ def test_iso2022_escape_sequences_are_not_control_characters(ct_series: list[Dat
     assert control_character_tags(received(ds)) == []
 
 
+def test_a_single_iso2022_character_set_allows_escape_sequences_too(ct_series: list[Dataset]) -> None:
+    ds = ct_series[0]
+    ds.SpecificCharacterSet = "ISO 2022 IR 100"             # one value: pydicom gives a str, not a list
+    ds.PatientName = "M\x1b-A\xfcller^J\xfcrgen"            # ESC - A: G1 = Latin-1, then its bytes
+    assert control_character_tags(received(ds)) == []
+
+
 def test_trailing_nul_padding_is_tolerated(ct_series: list[Dataset]) -> None:
     ds = received(ct_series[0])
     raw = ds.get_item(0x00081030)

@@ -127,3 +127,11 @@ def test_an_undecodable_command_aborts() -> None:
     garbage = b"\x03" + b"\x00\x00\x00\x00\x04\x00\x00\x00\xff\xff"    # group length says 0xFFFF..., then nothing
     with pytest.raises(ProtocolError, match="undecodable DIMSE command"):
         received([(len(garbage) + 1).to_bytes(4, "big") + b"\x01" + garbage])
+
+
+def test_a_data_set_on_another_context_than_its_command_aborts() -> None:
+    command, data = bodies(store_rq(), 1, 0)[0], bodies(store_rq(), 3, 0)[1]
+    incoming = Incoming()
+    list(feed((1, 3), incoming, command))
+    with pytest.raises(ProtocolError, match="context 3"):
+        list(feed((1, 3), incoming, data))

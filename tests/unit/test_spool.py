@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,13 @@ def uids(n: int, series: str = "1.2.3.2") -> InstanceUIDs:
     return InstanceUIDs("1.2.3.1", series, f"1.2.3.4.{n}", "1.2.840.10008.5.1.4.1.1.2")
 
 
-@pytest.fixture(params=["O_TMPFILE", "temp file and rename"])
+@pytest.fixture(params=["O_TMPFILE", "temp file and link"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways write_new makes a file: the unnamed file (Linux) and the fallback where it is unsupported."""
     if request.param == "O_TMPFILE":
         def no_fallback(*_args: object, **_kwargs: object) -> None:
             raise AssertionError("write_new fell back to a temp file where O_TMPFILE works")
-        monkeypatch.setattr(fsutil, "write_atomic", no_fallback)
+        monkeypatch.setattr(fsutil, "_write_named", no_fallback)
     else:
         monkeypatch.setattr(fsutil, "_O_TMPFILE", os.O_DIRECTORY)     # open() then fails with EISDIR
     return str(request.param)
@@ -72,3 +73,43 @@ def test_a_series_folder_removed_by_hand_is_made_again(tmp_path: Path) -> None:
     second = spool.write_instance(uids(2), DATA)
     assert not second.duplicate and second.path.read_bytes() == DATA
     assert sorted(p.name for p in spool.iter_instances()) == ["1.2.3.4.2.dcm"]
+
+
+def test_without_proc_the_file_is_written_the_other_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_link = os.link
+
+    def no_proc(src: str, dst: str, **kwargs: object) -> None:
+        if str(src).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", src)
+        real_link(src, dst, **kwargs)                          # type: ignore[arg-type]
+    monkeypatch.setattr(fsutil.os, "link", no_proc)
+    fsutil.write_new(tmp_path / "a.dcm", DATA)
+    assert (tmp_path / "a.dcm").read_bytes() == DATA and [p.name for p in tmp_path.iterdir()] == ["a.dcm"]
+
+
+def test_a_name_that_may_not_be_durable_is_taken_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+
+    def folder_fsync_fails(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(fsutil.os, "fsync", folder_fsync_fails)
+    with pytest.raises(OSError):
+        fsutil.write_new(tmp_path / "a.dcm", DATA)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resent_instance_is_made_durable_before_it_is_answered_for(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    spool.write_instance(uids(1), DATA)
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+    monkeypatch.setattr(fsutil.os, "fsync", counting)
+    assert spool.write_instance(uids(1), DATA).duplicate
+    assert sorted(synced) == [False, True]                     # the first copy's file and its folder
