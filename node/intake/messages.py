@@ -32,7 +32,7 @@ class ProtocolError(Exception):
     """The peer broke PS3.7/PS3.8 (malformed message or fragment order): the association is aborted."""
 
 
-def pdvs(body: bytes) -> Iterator[tuple[int, memoryview]]:
+def pdvs(body: bytes | bytearray) -> Iterator[tuple[int, memoryview]]:
     """The presentation data values of a P-DATA-TF body: (context ID, control header + fragment), the
     latter a view into `body` (no copy)."""
     view = memoryview(body)
@@ -47,7 +47,8 @@ def pdvs(body: bytes) -> Iterator[tuple[int, memoryview]]:
         offset += 4 + length
 
 
-def feed(accepted: Container[int], incoming: Incoming, body: bytes) -> Iterator[tuple[int, StoreRQ | object]]:
+def feed(accepted: Container[int], incoming: Incoming, body: bytes | bytearray,
+         ) -> Iterator[tuple[int, StoreRQ | object]]:
     """Add a P-DATA-TF body to the message being received; yield (context ID, message) for each message
     it completes, and start the next one in `incoming`."""
     for context_id, pdv in pdvs(body):

@@ -204,7 +204,8 @@ class ThreadedStorageSCP:
     def _associate(self, conn: _Connection, reader: ul.PduReader) -> ul.Negotiated | None:
         """ARTIM: the A-ASSOCIATE-RQ must arrive within acse_timeout_s. Answer AC or RJ."""
         s = self.settings
-        pdu_type, body = reader.read_pdu(ul.MAX_ASSOCIATE_RQ_BYTES, s.acse_timeout_s)
+        pdu_type, received = reader.read_pdu(ul.MAX_ASSOCIATE_RQ_BYTES, s.acse_timeout_s)
+        body = bytes(received)                         # the negotiation cache's key
         if pdu_type != ul.ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {pdu_type}")
         rq, reason, reply, assoc = self._negotiated(body)

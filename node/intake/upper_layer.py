@@ -42,7 +42,7 @@ REJECT_PROTOCOL_VERSION = (1, 2, 2)
 REJECT_TOO_MANY = (2, 3, 2)                  # transient, service provider (presentation), local limit exceeded
 
 
-_READ_AHEAD = 64 * 1024
+_READ_AHEAD = 256 * 1024
 
 
 class PeerClosed(ConnectionError):
@@ -50,55 +50,64 @@ class PeerClosed(ConnectionError):
 
 
 class PduReader:
-    """Reads whole PDUs from a blocking socket, each within a deadline for the whole PDU: a peer that
-    trickles bytes cannot hold the association past it. Reads ahead at most one receive buffer."""
+    """Reads whole PDUs from a blocking socket through one read-ahead buffer (a receive often brings a header,
+    its body and the next header). A PDU must be complete within its timeout: each receive waits at most
+    the timeout, and one that ends past the deadline with the PDU still incomplete ends it, so a peer that
+    trickles bytes is cut off within twice the timeout. The socket's timeout is set only when it changes."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._ahead = bytearray()
+        self._timeout: float | None = None
+        self._buffer = bytearray(_READ_AHEAD)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
 
-    def read_pdu(self, max_body: int, timeout_s: float) -> tuple[int, bytes]:
+    def read_pdu(self, max_body: int, timeout_s: float) -> tuple[int, bytes | bytearray]:
         """One PDU: its type and body. ProtocolError above `max_body`, PeerClosed at EOF, TimeoutError when
         the whole PDU has not arrived within `timeout_s`."""
+        if timeout_s != self._timeout:
+            self._sock.settimeout(timeout_s)
+            self._timeout = timeout_s
         deadline = time.monotonic() + timeout_s
-        header = self._read(6, deadline)
+        header = self._read(6, deadline, first=True)
         length = int.from_bytes(header[2:6], "big")
         if length > max_body:
             raise ProtocolError(f"PDU type {header[0]} of {length} bytes exceeds the {max_body} byte limit")
-        return header[0], self._read(length, deadline)
+        return header[0], self._read(length, deadline, first=False)
 
-    def _read(self, n: int, deadline: float) -> bytes:
-        if len(self._ahead) >= n:
-            out = bytes(self._ahead[:n])
-            del self._ahead[:n]
+    def _read(self, n: int, deadline: float, *, first: bool) -> bytes | bytearray:
+        available = self._end - self._start
+        if available >= n:
+            out = bytes(self._view[self._start:self._start + n])
+            self._start += n
             return out
-        out = bytearray(n)
-        view = memoryview(out)
-        got = len(self._ahead)
-        view[:got] = self._ahead
-        self._ahead.clear()
-        while got < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the peer did not send the whole PDU in time")
-            self._sock.settimeout(remaining)
-            if n - got < _READ_AHEAD:               # a header or a short PDU: take what else has arrived
-                chunk = self._sock.recv(_READ_AHEAD)
-                if not chunk:
-                    raise PeerClosed("connection closed" if got == 0 else "connection closed inside a PDU")
-                take = min(len(chunk), n - got)
-                view[got:got + take] = chunk[:take]
-                self._ahead += chunk[take:]
-                got += take
-            else:
-                k = self._sock.recv_into(view[got:])
-                if not k:
-                    raise PeerClosed("connection closed inside a PDU")
-                got += k
-        return bytes(out)
+        if n > len(self._buffer) // 2:              # a large body: straight into its own buffer
+            large = bytearray(n)
+            large[:available] = self._view[self._start:self._end]
+            self._start = self._end = 0
+            view, got = memoryview(large), available
+            while got < n:
+                got += self._receive(view[got:], deadline, first and got == 0)
+            return large
+        if self._start:                              # keep what is left at the front
+            rest = bytes(self._view[self._start:self._end])
+            self._buffer[:available] = rest
+            self._start, self._end = 0, available
+        while self._end < n:
+            self._end += self._receive(self._view[self._end:], deadline, first and self._end == 0)
+        self._start = n
+        return bytes(self._view[:n])
+
+    def _receive(self, into: memoryview, deadline: float, nothing_yet: bool) -> int:
+        received = self._sock.recv_into(into)
+        if not received:
+            raise PeerClosed("connection closed" if nothing_yet else "connection closed inside a PDU")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the peer did not send the whole PDU in time")
+        return received
 
 
-def whole(pdu_type: int, body: bytes) -> bytes:
+def whole(pdu_type: int, body: bytes | bytearray) -> bytes:
     return bytes((pdu_type, 0)) + len(body).to_bytes(4, "big") + body
 
 
@@ -111,7 +120,7 @@ class Negotiated:
     peer_max_pdu: int
 
 
-def requested(body: bytes) -> A_ASSOCIATE:
+def requested(body: bytes | bytearray) -> A_ASSOCIATE:
     """Decode an A-ASSOCIATE-RQ body with pynetdicom's PDU decoder; ProtocolError if it cannot."""
     pdu = A_ASSOCIATE_RQ()
     try:

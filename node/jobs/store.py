@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -39,6 +41,34 @@ async def migrate(engine: AsyncEngine) -> SchemaChange:
         return await conn.run_sync(upgrade_schema)
 
 
+class RecordFailed(Exception):
+    """An instance row that could not be committed (its batch's transaction failed)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    """An association thread's instance row, waiting to be committed by whichever thread holds the lock."""
+    rec: InstanceRecord
+    outcome: RecordOutcome | None = None
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None or self.error is not None
+
+
+def _commit_for_all(writer: InstanceWriter, batch: list[_Waiting]) -> None:
+    """One transaction for the batch; each row hears its outcome, or the error, if it failed."""
+    try:
+        outcomes = writer.commit_blocking([w.rec for w in batch])
+    except BaseException as exc:
+        for w in batch:
+            w.error = exc
+        raise
+    for w, outcome in zip(batch, outcomes, strict=True):
+        w.outcome = outcome
+
+
 class JobStore(JobReads, JobStats):
     """Owns the job database (SQLAlchemy 2 async; SQLite WAL by default, PostgreSQL by URL).
 
@@ -56,6 +86,8 @@ class JobStore(JobReads, JobStats):
         self._instances = InstanceWriter(engine, self.writer_lock, in_thread=in_thread_writes)
         self._record_timeout_s = record_timeout_s
         self._bridge = LoopBridge(asyncio.get_running_loop(), record_timeout_s)
+        self._waiting: list[_Waiting] = []                   # rows of association threads, see _combined
+        self._waiting_lock = threading.Lock()
 
     @classmethod
     async def open(cls, url: str, bus: EventBus | None = None, *, record_timeout_s: float = 10.0,
@@ -104,11 +136,33 @@ class JobStore(JobReads, JobStats):
         """
         if not self._instances.in_thread:
             return self._bridge.call(self._record_then, rec, None)
-        with self.writer_lock.hold_blocking(self._record_timeout_s):
-            outcome = self._instances.commit_blocking([rec])[0]
+        outcome = self._combined(rec)
         if outcome.events:
             self._bridge.notify(self.bus.publish, outcome.events)
         return outcome
+
+    def _combined(self, rec: InstanceRecord) -> RecordOutcome:
+        """Commit `rec` in this thread, together with the rows of any other association thread waiting for
+        the writer lock meanwhile: whichever gets the lock commits everyone's (one transaction), the others
+        find theirs done. Under four associations this halves the commits and the queue at the lock."""
+        mine = _Waiting(rec)
+        with self._waiting_lock:
+            self._waiting.append(mine)
+        try:
+            with self.writer_lock.hold_blocking(self._record_timeout_s):
+                if not mine.finished:
+                    with self._waiting_lock:
+                        batch, self._waiting = self._waiting, []
+                    _commit_for_all(self._instances, batch)
+        except TimeoutError:
+            with self._waiting_lock:
+                if mine in self._waiting:            # nobody took it: it will not be committed after all
+                    self._waiting.remove(mine)
+            raise
+        if mine.error is not None:
+            raise RecordFailed(f"the instance row was not committed ({type(mine.error).__name__})") from mine.error
+        assert mine.outcome is not None
+        return mine.outcome
 
     async def _record_then(self, rec: InstanceRecord, then: AfterRecord | None) -> RecordOutcome:
         outcome = await self._instances.record(rec)

@@ -180,7 +180,7 @@ async def test_a_sender_s_second_association_is_answered_from_the_first_negotiat
 
 async def test_a_peer_trickling_its_request_is_cut_off_at_the_deadline(quick_node: Node) -> None:
     """ARTIM bounds the whole A-ASSOCIATE-RQ, not each read: one byte every 0.2 s (a read never waits
-    0.5 s) is aborted after acse_timeout_s = 0.5 s, not kept for the ~15 s the request would take."""
+    0.5 s) is aborted within twice acse_timeout_s = 0.5 s, not kept for the ~15 s the request would take."""
     def trickle() -> float:
         sock = raw(quick_node.scp.port)
         start = time.monotonic()

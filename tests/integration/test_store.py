@@ -1,7 +1,9 @@
 import asyncio
 import re
 import threading
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from sqlalchemy import select, text
 from node.errors import InvalidTransition, JobNotFound
 from node.jobs.instances import _statements
 from node.jobs.models import Instance, utcnow
-from node.jobs.records import Delivery, JobResults, ResultFile
+from node.jobs.records import Delivery, InstanceRecord, JobResults, RecordOutcome, ResultFile
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
@@ -248,5 +250,46 @@ async def test_sqlite_instance_rows_written_directly_equal_sqlalchemy_s(tmp_path
         assert stamp.fullmatch(a["received_at"]) and stamp.fullmatch(b["received_at"])
         assert isinstance(stamps[0], datetime) and stamps[0].tzinfo == stamps[1].tzinfo
         assert (await store.get(direct.intake_id)).instance_count == 1     # the count: the direct row only
+    finally:
+        await store.close()
+
+
+async def test_rows_of_waiting_association_threads_are_committed_together(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads that queue at the writer lock are committed by whichever holds it, in one transaction;
+    each still gets its own outcome, and a failed transaction fails every row in it (none acknowledged)."""
+    store = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path}/jobs.db")
+    writer = store._instances
+    real_commit = writer.commit_blocking
+    batches: list[int] = []
+
+    def slow_commit(recs: list[InstanceRecord]) -> list[RecordOutcome]:
+        batches.append(len(recs))
+        time.sleep(0.02)                             # hold the lock long enough for the others to queue
+        return real_commit(recs)
+    monkeypatch.setattr(writer, "commit_blocking", slow_commit)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = await asyncio.to_thread(
+                lambda: list(pool.map(store.record_instance_blocking, [rec(f"1.{i}") for i in range(40)])))
+        assert sum(batches) == 40 and len(batches) < 40          # some commits carried several rows
+        assert len({o.intake_id for o in outcomes}) == 1 and not any(o.duplicate for o in outcomes)
+        assert (await store.get(outcomes[0].intake_id)).instance_count == 40
+
+        def failing(recs: list[InstanceRecord]) -> list[RecordOutcome]:
+            time.sleep(0.02)
+            raise OSError("disk I/O error")
+        monkeypatch.setattr(writer, "commit_blocking", failing)
+
+        def attempt(sop: str) -> str:
+            try:
+                store.record_instance_blocking(rec(sop))
+            except Exception as exc:
+                return type(exc).__name__
+            return "recorded"
+        with ThreadPoolExecutor(4) as pool:
+            answers = await asyncio.to_thread(lambda: list(pool.map(attempt, [f"2.{i}" for i in range(8)])))
+        assert "recorded" not in answers and set(answers) <= {"OSError", "RecordFailed"}
+        assert await store.instance_count() == 40
     finally:
         await store.close()
