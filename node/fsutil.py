@@ -22,15 +22,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f"{PART_PREFIX}{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
+
+
+def _write_temp(tmp: Path, data: bytes | memoryview, sync: bool) -> None:
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+
+
 def write_atomic(target: Path, data: bytes | memoryview, *, sync: bool = True) -> None:
     """Write `data` to a temp file beside `target`, fsync it, rename it over `target`, fsync the folder."""
-    tmp = target.with_name(f"{PART_PREFIX}{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
+    tmp = _temp_path(target)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
+        _write_temp(tmp, data, sync)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -86,13 +94,9 @@ def _write_unnamed(folder: int, target: Path, data: bytes | memoryview, sync: bo
 def _write_named(target: Path, data: bytes | memoryview, sync: bool) -> None:
     """write_new through a temp file beside `target`, hard-linked under its name (or renamed where hard
     links are unsupported, after checking the name is free)."""
-    tmp = target.with_name(f"{PART_PREFIX}{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
+    tmp = _temp_path(target)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
+        _write_temp(tmp, data, sync)
         try:
             os.link(tmp, target)
         except FileExistsError:
