@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +31,6 @@ from node.jobs.writelock import WriterLock
 from node.settings import mask_url
 
 logger = logging.getLogger(__name__)
-
-AfterRecord = Callable[[RecordOutcome], None]
-
 
 async def migrate(engine: AsyncEngine) -> SchemaChange:
     """Bring the database behind `engine` to the newest schema revision, in one transaction."""
@@ -121,10 +118,12 @@ class JobStore(JobReads, JobStats):
         return list(events)
 
     # -- instances ------------------------------------------------------------------------------
-    async def record_instance(self, rec: InstanceRecord, then: AfterRecord | None = None) -> RecordOutcome:
+    async def record_instance(self, rec: InstanceRecord) -> RecordOutcome:
         """Add a received instance to its study's open intake job (created if none). Idempotent per SOP UID.
-        Concurrent calls share one transaction (group commit); `then(outcome)` runs on the loop after it."""
-        return await self._record_then(rec, then)
+        Concurrent calls share one transaction (group commit); its events are published once it commits."""
+        outcome = await self._instances.record(rec)
+        self.bus.publish(outcome.events)
+        return outcome
 
     def record_instance_blocking(self, rec: InstanceRecord) -> RecordOutcome:
         """record_instance for a non-loop thread (an association); its events are published on the loop.
@@ -135,7 +134,7 @@ class JobStore(JobReads, JobStats):
         Raises TimeoutError when the store stays busy for `record_timeout_s`.
         """
         if not self._instances.in_thread:
-            return self._bridge.call(self._record_then, rec, None)
+            return self._bridge.call(self.record_instance, rec)
         outcome = self._combined(rec)
         if outcome.events:
             self._bridge.notify(self.bus.publish, outcome.events)
@@ -163,16 +162,6 @@ class JobStore(JobReads, JobStats):
             raise RecordFailed(f"the instance row was not committed ({type(mine.error).__name__})") from mine.error
         assert mine.outcome is not None
         return mine.outcome
-
-    async def _record_then(self, rec: InstanceRecord, then: AfterRecord | None) -> RecordOutcome:
-        outcome = await self._instances.record(rec)
-        self._recorded(outcome, then)
-        return outcome
-
-    def _recorded(self, outcome: RecordOutcome, then: AfterRecord | None) -> None:
-        self.bus.publish(outcome.events)
-        if then is not None:
-            then(outcome)
 
     # -- states ---------------------------------------------------------------------------------
     @staticmethod

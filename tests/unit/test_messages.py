@@ -66,13 +66,6 @@ def test_a_plain_c_store_is_read_as_pynetdicom_reads_it(max_pdu: int, extra: dic
     assert message.dataset == DATASET and message.message_id == 7
 
 
-def test_the_fast_path_takes_a_plain_c_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_pynetdicom(*_args: object) -> None:
-        raise AssertionError("a plain C-STORE-RQ went to pynetdicom's decoder")
-    monkeypatch.setattr(Incoming, "_slowly", no_pynetdicom)
-    assert isinstance(received(bodies(store_rq(), 1, 16384))[0][1], StoreRQ)
-
-
 @pytest.mark.parametrize("instance", [None, "1.2." + "3" * 89, "1.2.3a"])
 def test_an_unusual_instance_uid_is_left_to_pynetdicom(instance: str | None) -> None:
     sent = bodies(store_rq(instance=instance), 1, 16384)
