@@ -17,7 +17,7 @@ from node.models_install import install_ct_liver
 from node.synth.series import SeriesIds, write_datasets
 from tests.peers import totalseg
 from tests.peers.dcmtk import storescu
-from tests.peers.helpers import REPO, dciodvfy, sr_volumes_ml
+from tests.peers.helpers import REPO, dciodvfy, sr_volumes_ml, wait_until
 from tests.peers.node_process import NodeProcess
 from tests.peers.orthanc import FAST_RETRY, OrthancProcess, dicom_dest, results_in
 
@@ -42,6 +42,8 @@ def test_a_real_abdominal_ct_gets_its_liver_segmented_and_sent_to_the_pacs(
     assert sent.returncode == 0, sent.stderr
 
     seg_info, sr_info = results_in(orthanc, timeout_s=240)
+    # the PACS has the results a moment before the node records the job done (after the last delivery)
+    wait_until(lambda: len(node.jobs("done")) == 1, 30, "the job recorded done after delivery")
     [job] = node.jobs("done")
     assert job["model"] == "ct-liver" and job["rule"] == "abdomen-liver"
     seg = dcmread(BytesIO(orthanc.file(seg_info[0]["ID"])))

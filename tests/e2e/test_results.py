@@ -81,7 +81,8 @@ def test_flagship_orthanc_forwards_segnode_segments_results_come_back(
         report = dciodvfy(copy)
         assert report.errors == [], report.errors
     assert hd.seg.segread(tmp_path / "seg.dcm").number_of_segments == 3
-    job = node.jobs("done")[0]
+    # the PACS has the results a moment before the node records the job done (after the last delivery)
+    job = wait_until(lambda: next(iter(node.jobs("done")), None), 30, "the job recorded done after delivery")
     assert job["results"]["deliveries"]["pacs"]["delivered"] is True
     assert "segnode: forwarding CT series" in orthanc.log()
 
