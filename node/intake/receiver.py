@@ -48,11 +48,15 @@ class _Connection:
     send_timeout_s: float
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+    timeout: ul.SocketTimeout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.timeout = ul.SocketTimeout(self.sock)
 
     def send(self, data: bytes) -> None:
-        """All of `data`, within the DIMSE timeout (a read may have left the socket's timeout nearly spent)."""
+        """All of `data`, within the DIMSE timeout; the reader sets its own timeout again before it reads."""
         with self.send_lock:
-            self.sock.settimeout(self.send_timeout_s)
+            self.timeout.set(self.send_timeout_s)
             self.sock.sendall(data)
 
 
@@ -173,7 +177,7 @@ class ThreadedStorageSCP:
 
     # -- one association, on its own thread ----------------------------------------------------------
     def _association(self, conn: _Connection) -> None:
-        reader = ul.PduReader(conn.sock)
+        reader = ul.PduReader(conn.sock, conn.timeout)
         try:
             assoc = self._associate(conn, reader)
             if assoc is not None:

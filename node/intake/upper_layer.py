@@ -49,15 +49,29 @@ class PeerClosed(ConnectionError):
     """The peer closed the connection, between PDUs or inside one."""
 
 
+class SocketTimeout:
+    """The one holder of a socket's timeout, for its reader and its sender alike (each sets the one it needs
+    before each use); set on the socket only when it changes, as each change is a system call."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._current = sock.gettimeout()
+
+    def set(self, timeout_s: float) -> None:
+        if timeout_s != self._current:
+            self._sock.settimeout(timeout_s)
+            self._current = timeout_s
+
+
 class PduReader:
     """Reads whole PDUs from a blocking socket through one read-ahead buffer (a receive often brings a header,
     its body and the next header). A PDU must be complete within its timeout: each receive waits at most
     the timeout, and one that ends past the deadline with the PDU still incomplete ends it, so a peer that
-    trickles bytes is cut off within twice the timeout. The socket's timeout is set only when it changes."""
+    trickles bytes is cut off within twice the timeout."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: SocketTimeout) -> None:
         self._sock = sock
-        self._timeout: float | None = None
+        self._timeout = timeout
         self._buffer = bytearray(_READ_AHEAD)
         self._view = memoryview(self._buffer)
         self._start = self._end = 0
@@ -65,9 +79,7 @@ class PduReader:
     def read_pdu(self, max_body: int, timeout_s: float) -> tuple[int, bytes | bytearray]:
         """One PDU: its type and body. ProtocolError above `max_body`, PeerClosed at EOF, TimeoutError when
         the whole PDU has not arrived within `timeout_s`."""
-        if timeout_s != self._timeout:
-            self._sock.settimeout(timeout_s)
-            self._timeout = timeout_s
+        self._timeout.set(timeout_s)
         deadline = time.monotonic() + timeout_s
         header = self._read(6, deadline, first=True)
         length = int.from_bytes(header[2:6], "big")

@@ -194,3 +194,32 @@ async def test_a_peer_trickling_its_request_is_cut_off_at_the_deadline(quick_nod
             pass
         return time.monotonic() - start
     assert await asyncio.to_thread(trickle) < 3.0
+
+
+async def test_an_association_idle_between_messages_waits_the_network_timeout_not_the_dimse_one(
+        tmp_path: Path, ct_series: list[Dataset]) -> None:
+    """After a reply the idle wait is network_timeout_s: a reply sent with the DIMSE timeout must not leave
+    that shorter timeout on the socket for the wait between messages (a C-ECHO comes in one PDU, read with
+    the network timeout, so nothing else resets it)."""
+    n = Node(node_settings(tmp_path, **{**TIMEOUTS, "dicom__dimse_timeout_s": "0.3",
+                                        "dicom__network_timeout_s": "5"}))
+    await n.start()
+    try:
+        assert n.scp is not None
+        port = n.scp.port
+
+        def pause_between_stores() -> list[int]:
+            assoc = scu("SCANNER").associate("127.0.0.1", port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
+            assert assoc.is_established
+            try:
+                first = assoc.send_c_echo()
+                time.sleep(1.0)             # idle: longer than the DIMSE timeout, well within the network one
+                assert assoc.is_established, "the node aborted an association idle for less than network_timeout_s"
+                second = assoc.send_c_store(ct_series[1])
+                return [first.Status, second.Status]
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        assert await asyncio.to_thread(pause_between_stores) == [StoreStatus.SUCCESS, StoreStatus.SUCCESS]
+    finally:
+        await n.stop()
