@@ -33,15 +33,38 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self._sync = sync
         self._folders: dict[Path, None] = {}          # insertion-ordered: the oldest is dropped first
-        self._folders_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._writing: dict[Path, threading.Event] = {}   # instances being written now, by path
         make_dirs(root)
 
     def path_for(self, uids: InstanceUIDs) -> Path:
         return self.root / uids.study_instance_uid / uids.series_instance_uid / f"{uids.sop_instance_uid}.dcm"
 
     def write_instance(self, uids: InstanceUIDs, data: bytes | memoryview) -> SpoolWrite:
-        """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors."""
+        """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors.
+
+        Associations sending the same instance at once take turns: the second waits until the first write
+        has ended (a failed one takes its name back), then keeps that copy or writes its own."""
         target = self.path_for(uids)
+        done = self._turn(target)
+        try:
+            return self._write(target, data)
+        finally:
+            with self._lock:
+                del self._writing[target]
+            done.set()
+
+    def _turn(self, target: Path) -> threading.Event:
+        """Wait until no other thread is writing `target`; the event this thread sets when it is done."""
+        while True:
+            with self._lock:
+                pending = self._writing.get(target)
+                if pending is None:
+                    done = self._writing[target] = threading.Event()
+                    return done
+            pending.wait()
+
+    def _write(self, target: Path, data: bytes | memoryview) -> SpoolWrite:
         if target.exists():
             return self._first_copy(target)
         if free_bytes(self.root) - len(data) < self.min_free_bytes:
@@ -53,24 +76,24 @@ class Spool:
             try:
                 write_new(target, data, sync=self._sync)
             except FileNotFoundError:               # edge: the folder was removed by hand since
-                with self._folders_lock:
+                with self._lock:
                     self._folders.pop(target.parent, None)
                 make_dirs(target.parent)
                 write_new(target, data, sync=self._sync)
-        except FileExistsError:                     # another association wrote it just now
+        except FileExistsError:                     # edge: written by another process
             return self._first_copy(target)
         return SpoolWrite(target, len(data), duplicate=False)
 
     def _first_copy(self, target: Path) -> SpoolWrite:
-        """A resent instance: the first copy is kept, and made durable before it is answered for (another
-        association may have linked it and not yet fsynced its folder)."""
+        """A resent instance: the first copy is kept, and made durable before it is answered for (a kill
+        between a write's link and its folder fsync leaves a name that may not be durable yet)."""
         if self._sync:
             sync_existing(target)
         return SpoolWrite(target, target.stat().st_size, duplicate=True)
 
     def _remember(self, folder: Path) -> None:
         """Series folders known to exist, so the next instance skips the checks (the most recent few)."""
-        with self._folders_lock:
+        with self._lock:
             self._folders[folder] = None
             if len(self._folders) > _KNOWN_FOLDERS:
                 del self._folders[next(iter(self._folders))]

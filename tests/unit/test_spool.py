@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,37 @@ def test_a_resent_instance_is_made_durable_before_it_is_answered_for(tmp_path: P
     monkeypatch.setattr(fsutil.os, "fsync", counting)
     assert spool.write_instance(uids(1), DATA).duplicate
     assert sorted(synced) == [False, True]                     # the first copy's file and its folder
+
+
+def test_the_same_instance_from_two_associations_at_once_is_never_answered_from_a_failed_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first writer links the name, then its folder fsync fails and it takes the name back. A second
+    association sending the same instance meanwhile must not answer for that copy: it waits for the first
+    write to end, then writes its own. Whatever it answers for is on disk."""
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    spool.write_instance(uids(0), DATA)                        # the series folder exists
+    linked, second_done = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def first_writer_fails(fd: int) -> None:
+        if threading.current_thread().name == "first" and stat.S_ISDIR(os.fstat(fd).st_mode):
+            linked.set()                                       # the name is there now
+            second_done.wait(timeout=1.0)                      # let the second association answer, if it can
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(fsutil.os, "fsync", first_writer_fails)
+    failures: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            spool.write_instance(uids(1), DATA)
+        except OSError as exc:
+            failures.append(exc)
+    writer = threading.Thread(target=first, name="first")
+    writer.start()
+    assert linked.wait(timeout=5)
+    answered = spool.write_instance(uids(1), DATA)           # the second association
+    second_done.set()
+    writer.join(timeout=5)
+    assert len(failures) == 1                                  # the first was answered with a failure
+    assert answered.path.read_bytes() == DATA                  # the second's answer stands on a file on disk
