@@ -77,6 +77,22 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(ticks) - ticks[3] - ticks[4]) / tick, sum(ticks) / tick
 
 
+def file_system(path: Path) -> dict[str, Any]:
+    """The file system the receivers write to, and for ext4 whether it has a journal. Without one (as on this
+    VM), ext4 will not reuse an inode freed in the last 60-360 s and scans past each of them on every file
+    it creates: run this benchmark minutes after deleting many files on it, or every receiver pays that."""
+    best: tuple[str, str, str] = ("", "", "")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, right = line.split(" - ", 1)
+        mount_point, (fs_type, source) = left.split()[4], right.split()[:2]
+        if str(path).startswith(mount_point.rstrip("/") + "/") and len(mount_point) >= len(best[0]):
+            best = (mount_point, fs_type, source)
+    info: dict[str, Any] = {"mount_point": best[0], "type": best[1], "device": best[2]}
+    if best[1] == "ext4":
+        info["journal"] = any(Path("/proc/fs/jbd2").glob(f"{Path(best[2]).name}-*"))
+    return info
+
+
 def senders_cpu() -> float:
     """CPU seconds used so far by this process's finished children (the storescu senders)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -141,8 +157,12 @@ def main() -> None:
         files = sorted(single[0][0].iterdir())
         n, mb = len(files), sum(f.stat().st_size for f in files) / 1e6
         times1, times4 = measure(tmp, single, parallel, n, args.receiver)
+        fs = file_system(tmp)
     result = {"instances_per_study": n, "megabytes_per_study": mb, "repeat": args.repeat, "receiver": args.receiver,
+              "file_system": fs,
               "one_association": summary(times1, n, mb), "four_associations": summary(times4, 4 * n, 4 * mb)}
+    print("file system:", fs["type"], f"on {fs['device']}", "" if "journal" not in fs else
+          ("with a journal" if fs["journal"] else "WITHOUT a journal (see file_system() on deleted inodes)"))
     for case in ("one_association", "four_associations"):
         print(f"{case.replace('_', ' ')}: {n} instances x {1 if case[0] == 'o' else 4}, {mb:.1f} MB each, "
               f"median of {args.repeat} interleaved rounds")
