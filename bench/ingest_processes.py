@@ -1,12 +1,14 @@
 """The most several receiver processes could give: four studies on four associations to one node, against
-one study each to four nodes (four processes, four stores, nothing shared), in interleaved rounds.
+one study each to four nodes (four processes, four stores, nothing shared), and against Orthanc, in
+interleaved rounds.
 
   python bench/ingest_processes.py            # 4 x 300 x 132 KB per round, 5 rounds each way
 Writes bench/out/ingest_processes.json.
 
 Four separate nodes share no GIL, no writer lock and no store: no design with several receiver processes
 behind one port and one job store can beat them, so their rate over one node's is the ceiling of that
-design on this machine (bench/RESULTS.md, issue 13).
+design on this machine, and four nodes / Orthanc the best ratio such a design could show there
+(bench/RESULTS.md, issue 13).
 """
 
 from __future__ import annotations
@@ -26,16 +28,17 @@ from bench.ingest import file_system, machine_cpu
 from node.synth.series import write_series
 from tests.peers.dcmtk import storescu
 from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess
 
 SENDERS = 4
 
 
-def send_round(ports: list[int], studies: list[Path]) -> tuple[float, float]:
+def send_round(ports: list[int], studies: list[Path], called: str) -> tuple[float, float]:
     """Seconds to send each study to its port at once, and the machine's busy share meanwhile."""
     busy0, total0 = machine_cpu()
     start = time.perf_counter()
     with ThreadPoolExecutor(len(studies)) as pool:
-        results = list(pool.map(lambda job: storescu(job[0], job[1], called="SEGNODE"),
+        results = list(pool.map(lambda job: storescu(job[0], job[1], called=called),
                                 zip(ports, studies, strict=True)))
     seconds = time.perf_counter() - start
     busy1, total1 = machine_cpu()
@@ -57,28 +60,37 @@ def main() -> None:
             return write_series(tmp / f"study{next(count)}", slices=args.slices, rows=args.rows)[0].parent
         nodes = [NodeProcess(tmp / f"node{i}", node__log_level="WARNING", dicom__study_quiet_period_s="3600")
                  for i in range(SENDERS)]
-        rates: dict[str, list[float]] = {"one_node": [], "four_nodes": []}
-        busy: dict[str, list[float]] = {"one_node": [], "four_nodes": []}
+        orthanc = OrthancProcess(tmp / "orthanc")
+        cases = ("one_node", "four_nodes", "orthanc")
+        rates: dict[str, list[float]] = {k: [] for k in cases}
+        busy: dict[str, list[float]] = {k: [] for k in cases}
         try:
+            orthanc.start()
             for node in nodes:
                 node.start()
                 storescu(node.dicom_port, study(), called="SEGNODE")     # warm: negotiation cached, store open
+            storescu(orthanc.dicom_port, study(), called="ORTHANC")
             for r in range(args.repeat):
-                for case in (("one_node", "four_nodes") if r % 2 == 0 else ("four_nodes", "one_node")):
-                    ports = ([nodes[0].dicom_port] * SENDERS if case == "one_node"
-                             else [node.dicom_port for node in nodes])
-                    seconds, share = send_round(ports, [study() for _ in range(SENDERS)])
+                for case in cases[r % 3:] + cases[:r % 3]:
+                    ports = {"one_node": [nodes[0].dicom_port] * SENDERS,
+                             "four_nodes": [node.dicom_port for node in nodes],
+                             "orthanc": [orthanc.dicom_port] * SENDERS}[case]
+                    seconds, share = send_round(ports, [study() for _ in range(SENDERS)],
+                                                "ORTHANC" if case == "orthanc" else "SEGNODE")
                     rates[case].append(SENDERS * args.slices / seconds)
                     busy[case].append(share)
         finally:
             for node in nodes:
                 node.stop()
+            orthanc.stop()
         fs = file_system(tmp)
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {"instances_per_study": args.slices, "senders": SENDERS, "repeat": args.repeat, "file_system": fs,
               "instances_per_s": med, "rounds": rates,
               "machine_busy_share": {k: statistics.median(v) for k, v in busy.items()},
-              "ratio_four_nodes_to_one": med["four_nodes"] / med["one_node"]}
+              "ratio_four_nodes_to_one": med["four_nodes"] / med["one_node"],
+              "ratio_one_node_to_orthanc": med["one_node"] / med["orthanc"],
+              "ratio_four_nodes_to_orthanc": med["four_nodes"] / med["orthanc"]}
     print(f"{SENDERS} studies of {args.slices} instances on {SENDERS} associations at once, "
           f"median of {args.repeat} interleaved rounds")
     for k, v in med.items():
@@ -86,6 +98,8 @@ def main() -> None:
               f"rounds {[round(x) for x in rates[k]]}")
     print(f"  four nodes / one node (the ceiling of several receiver processes): "
           f"{result['ratio_four_nodes_to_one']:.2f}")
+    print(f"  one node / orthanc:   {result['ratio_one_node_to_orthanc']:.2f}")
+    print(f"  four nodes / orthanc: {result['ratio_four_nodes_to_orthanc']:.2f} (goal of issue 13 for one node: 1.5)")
     print("wrote", write_result("ingest_processes", result))
 
 
