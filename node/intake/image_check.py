@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from pydicom import uid
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from rle.utils import decode_frame as rle_decode_frame
 
 _NATIVE = {uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
@@ -207,14 +208,26 @@ def control_character_tags(ds: Dataset) -> list[int]:
     found = []
     for elem in ds.elements():
         vr = _vr(elem)
-        if vr not in TEXT_VRS or not isinstance(elem, RawDataElement) or not elem.value:
+        if vr not in TEXT_VRS:
             continue
-        value = bytes(elem.value)
+        value = _text_bytes(elem)
+        if not value:
+            continue
         pattern = BAD_FREE if vr in FREE_TEXT_VRS else BAD_STRICT
         value = value.rstrip(b"\x00 ")              # NUL padding is a common vendor quirk, not content
         if pattern.search(value) or (_ESC in value and not iso2022):
             found.append(int(elem.tag))
     return found
+
+
+def _text_bytes(elem: DataElement | RawDataElement) -> bytes:
+    """A text element's bytes as received. A value above the reader's defer size comes back from pydicom
+    already decoded: it is encoded again as UTF-8, which keeps every control character (all below 0x80)
+    and adds none."""
+    if isinstance(elem, RawDataElement):
+        return bytes(elem.value or b"")
+    values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+    return "\\".join("" if v is None else str(v) for v in values).encode("utf-8", "surrogatepass")
 
 
 def scrub_control_characters(ds: Dataset, tags: list[int]) -> None:

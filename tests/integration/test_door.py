@@ -70,6 +70,17 @@ async def test_control_characters_are_replaced_and_the_sender_warned(node: Node,
     assert job.patient_name == "Doe?[2J^Jane????X"
 
 
+async def test_control_characters_in_a_long_comment_are_replaced_too(node: Node, ct_series: list[Dataset]) -> None:
+    """A 5 KB text value (read lazily by the door) gets the same check as a short one."""
+    ds = ct_series[0]
+    ds.ImageComments = "y" * 5000 + "\x1b]0;owned\x07"
+    [status] = await send(node, [ds])
+    assert status.Status == StoreStatus.COERCED
+    assert status.ErrorComment == "control characters replaced in ImageComments"
+    [stored] = list(node.spool.iter_instances())
+    assert dcmread(stored).ImageComments == "y" * 5000 + "?]0;owned?"
+
+
 async def test_a_93_character_sop_instance_uid_gets_an_answer_not_an_abort(node: Node,
                                                                           ct_series: list[Dataset]) -> None:
     ds = ct_series[0]

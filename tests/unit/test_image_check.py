@@ -139,3 +139,16 @@ def test_limits_are_the_configured_ones(ct_series: list[Dataset]) -> None:
     with pytest.raises(ImageProblem, match=r"outside 1\.\.32"):
         check_image(ds, uid.ExplicitVRLittleEndian, ImageLimits(max_matrix=32))
     assert np.prod([ds.Rows, ds.Columns]) > 32
+
+
+def test_control_characters_in_a_long_text_value_are_found_too(ct_series: list[Dataset]) -> None:
+    """A text value above the reader's 4 KB defer size is read for the check, not skipped."""
+    ds = ct_series[0]
+    ds.ImageComments = "x" * 5000 + "\x1b[31m\x07"          # LT, 5 KB: deferred by the reader
+    tags = control_character_tags(received(ds))
+    assert tags == [0x00204000]
+    buf = BytesIO()                                         # the door scrubs a full read of the same bytes
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    full = dcmread(BytesIO(buf.getvalue()))
+    scrub_control_characters(full, tags)
+    assert full.ImageComments == "x" * 5000 + "?[31m?"
