@@ -139,6 +139,15 @@ def summary(measured: Measured, n: int, mb: float) -> dict[str, Any]:
                        "segnode / durable write floor": med["durable_write_floor"] / med["segnode"]}}
 
 
+def study_writer(folder: Path, slices: int, rows: int) -> Callable[[], Path]:
+    """Each call writes a fresh copy of the study (new UIDs, same pixels) under `folder`; its series folder."""
+    count = iter(range(10**6))
+
+    def study() -> Path:
+        return write_series(folder / f"study{next(count)}", slices=slices, rows=rows)[0].parent
+    return study
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--slices", type=int, default=300)
@@ -148,10 +157,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        count = iter(range(10**6))
-
-        def study() -> Path:
-            return write_series(tmp / f"study{next(count)}", slices=args.slices, rows=args.rows)[0].parent
+        study = study_writer(tmp, args.slices, args.rows)
         single = [[study()] for _ in range(args.repeat)]
         parallel = [[study() for _ in range(4)] for _ in range(args.repeat)]
         files = sorted(single[0][0].iterdir())

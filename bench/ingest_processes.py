@@ -24,8 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_result
-from bench.ingest import file_system, machine_cpu
-from node.synth.series import write_series
+from bench.ingest import file_system, machine_cpu, study_writer
 from tests.peers.dcmtk import storescu
 from tests.peers.node_process import NodeProcess
 from tests.peers.orthanc import OrthancProcess
@@ -54,10 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        count = iter(range(10**6))
-
-        def study() -> Path:
-            return write_series(tmp / f"study{next(count)}", slices=args.slices, rows=args.rows)[0].parent
+        study = study_writer(tmp, args.slices, args.rows)
         nodes = [NodeProcess(tmp / f"node{i}", node__log_level="WARNING", dicom__study_quiet_period_s="3600")
                  for i in range(SENDERS)]
         orthanc = OrthancProcess(tmp / "orthanc")
