@@ -77,7 +77,7 @@ class Node:
         outbox = self._start_delivery(self.store)
         assert self.spool is not None and self.registry is not None
         self.scp = (StorageSCP(s.dicom, self.spool, ingest.record) if s.dicom.receiver == "pynetdicom"
-                    else ThreadedStorageSCP(s.dicom, self.spool, ingest.record))
+                    else ThreadedStorageSCP(s.dicom, self.spool, ingest.record, log_level=s.node.log_level))
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,
                                                    self.workers, outbox), websockets)

@@ -67,12 +67,17 @@ class DicomSettings:
     max_matrix: int = 8192
     max_frames: int = 5000
     receiver: str = "threads"               # "threads" (a thread per association) or "pynetdicom"
+    receiver_processes: int = 0             # with "threads": associations served in this many processes
 
     def __post_init__(self) -> None:
         if self.receiver == "asyncio":          # the name of the default receiver before 2026-11-29
             object.__setattr__(self, "receiver", "threads")
         if self.receiver not in RECEIVERS:
             raise ConfigError(f"[dicom] receiver must be one of {', '.join(RECEIVERS)}, got {self.receiver!r}")
+        if not 0 <= self.receiver_processes <= 64:
+            raise ConfigError(f"[dicom] receiver_processes must be 0-64, got {self.receiver_processes}")
+        if self.receiver_processes and self.receiver != "threads":
+            raise ConfigError("[dicom] receiver_processes needs receiver = \"threads\"")
         if not _is_ae_title(self.ae_title):
             raise ConfigError(f"[dicom] ae_title must be 1-16 printable ASCII characters without '\\', got "
                               f"{self.ae_title!r}; set it in the --config file or SEGNODE_DICOM__AE_TITLE")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from node.intake.uids import InstanceUIDs
 logger = logging.getLogger(__name__)
 
 _KNOWN_FOLDERS = 256
+LOCK_FILE = ".instance-locks"      # one byte-range lock per instance being written, across processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,7 @@ class Spool:
         self._lock = threading.Lock()
         self._writing: dict[Path, threading.Event] = {}   # instances being written now, by path
         make_dirs(root)
+        self._locks = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def path_for(self, uids: InstanceUIDs) -> Path:
         return self.root / uids.study_instance_uid / uids.series_instance_uid / f"{uids.sop_instance_uid}.dcm"
@@ -44,11 +49,18 @@ class Spool:
         """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors.
 
         Associations sending the same instance at once take turns: the second waits until the first write
-        has ended (a failed one takes its name back), then keeps that copy or writes its own."""
+        has ended (a failed one takes its name back), then keeps that copy or writes its own. Threads of
+        this process take turns in `_writing`; processes (receiver processes, the node) by a lock on one
+        byte of the lock file, the byte the instance's path hashes to."""
         target = self.path_for(uids)
         done = self._turn(target)
+        byte = _lock_byte(target)
         try:
-            return self._write(target, data)
+            fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, byte)
+            try:
+                return self._write(target, data)
+            finally:
+                fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, byte)
         finally:
             with self._lock:
                 del self._writing[target]
@@ -98,6 +110,9 @@ class Spool:
             if len(self._folders) > _KNOWN_FOLDERS:
                 del self._folders[next(iter(self._folders))]
 
+    def close(self) -> None:
+        os.close(self._locks)
+
     def sweep_partials(self) -> int:
         """Remove temp files a crash left behind; they were never acknowledged."""
         removed = 0
@@ -111,3 +126,8 @@ class Spool:
 
     def iter_instances(self) -> Iterator[Path]:
         yield from self.root.glob("*/*/*.dcm")
+
+
+def _lock_byte(target: Path) -> int:
+    """Where in the lock file `target`'s lock lies: a 62-bit hash of its path (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(os.fsencode(target), digest_size=8).digest()) & (2**62 - 1)

@@ -166,7 +166,7 @@ async def test_a_sender_s_second_association_is_answered_from_the_first_negotiat
     first = await send(quick_node, ct_series[:1])
     second = await send(quick_node, ct_series[1:2])
     assert [s.Status for s in first + second] == [StoreStatus.SUCCESS] * 2
-    assert len(quick_node.scp._negotiations) == 1          # type: ignore[union-attr]   # one sender, one entry
+    assert len(quick_node.scp._server._negotiations) == 1          # type: ignore[union-attr]   # one sender, one entry
 
     def rejected() -> bytes:
         sock = raw(quick_node.scp.port)
@@ -175,7 +175,7 @@ async def test_a_sender_s_second_association_is_answered_from_the_first_negotiat
     for _ in range(2):
         answer = await asyncio.to_thread(rejected)
         assert answer[0] == 0x03 and answer[7:10] == bytes((1, 1, 7))    # A-ASSOCIATE-RJ, called AE not known
-    assert len(quick_node.scp._negotiations) == 1          # type: ignore[union-attr]   # refusals are not kept
+    assert len(quick_node.scp._server._negotiations) == 1          # type: ignore[union-attr]   # refusals are not kept
 
 
 async def test_a_peer_trickling_its_request_is_cut_off_at_the_deadline(quick_node: Node) -> None:

@@ -1,0 +1,212 @@
+"""One association, served on the calling thread, from its A-ASSOCIATE-RQ to its release or abort: blocking reads,
+the door run on that thread, each status sent by it. Used by the node's own receiver threads and by its receiver
+processes alike; what differs between the two is the `Lease`: who counts the association and commits the rows."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import Verification
+
+from node.intake import upper_layer as ul
+from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
+from node.intake.door import Door, Refused, StoreRequest
+from node.intake.messages import Incoming, StoreRQ, feed
+from node.jobs.records import InstanceRecord, RecordOutcome
+from node.settings import DicomSettings
+
+logger = logging.getLogger(__name__)
+
+_NO_LIMIT = 2**31 - 1
+_CACHED_NEGOTIATIONS = 32        # distinct accepted A-ASSOCIATE-RQs (senders) whose answer is kept
+_CACHED_REQUEST_BYTES = 64 * 1024
+
+
+class Lease(Protocol):
+    """An association's standing with whoever counts associations and commits rows."""
+
+    def establish(self) -> bool:
+        """Count this association as established; False when max_associations are already."""
+
+    def record(self, rec: InstanceRecord) -> RecordOutcome:
+        """Commit the instance's row (blocking); raise if it could not be committed."""
+
+    def release(self) -> None:
+        """The established association has ended (called once, only after establish() returned True)."""
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted TCP connection and who may write to it."""
+    sock: socket.socket
+    peer: object
+    send_timeout_s: float
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+    timeout: ul.SocketTimeout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.timeout = ul.SocketTimeout(self.sock)
+
+    def send(self, data: bytes) -> None:
+        """All of `data`, within the DIMSE timeout; the reader sets its own timeout again before it reads."""
+        with self.send_lock:
+            self.timeout.set(self.send_timeout_s)
+            self.sock.sendall(data)
+
+    def abort(self) -> None:
+        """A-ABORT, then shut the socket: the association thread's next read ends (from any thread)."""
+        if self.send_lock.acquire(timeout=1.0):
+            try:
+                self.sock.sendall(ul.abort())
+            except OSError:
+                pass
+            finally:
+                self.send_lock.release()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class AssociationServer:
+    """Verification + Storage for one association at a time per calling thread: named refusals, timeouts, the
+    door's checks and durable writes, and the status only after the lease committed the row."""
+
+    def __init__(self, settings: DicomSettings, door: Door) -> None:
+        self.settings = settings
+        self.door = door
+        self._lock = threading.Lock()
+        self._supported: list[PresentationContext] = [build_context(Verification)] + [
+            build_context(sop, TRANSFER_SYNTAXES) for sop in STORAGE_SOP_CLASSES]
+        self._max_body = settings.max_pdu_bytes + 6 if settings.max_pdu_bytes else _NO_LIMIT
+        self._negotiations: OrderedDict[bytes, tuple[A_ASSOCIATE, bytes, ul.Negotiated]] = OrderedDict()
+
+    def serve(self, conn: Connection, lease: Lease) -> None:
+        """The whole association on this thread; every error ends in a log line (and an A-ABORT where due).
+        The caller closes the socket."""
+        reader = ul.PduReader(conn.sock, conn.timeout)
+        try:
+            assoc = self._associate(conn, reader, lease)
+            if assoc is not None:
+                self._serve(conn, assoc, reader, lease)
+        except ConnectionError:                        # ul.PeerClosed, a reset, or shut by a stop
+            logger.info("association from %s: the peer closed the connection", conn.peer)
+        except TimeoutError:
+            logger.warning("association from %s: timed out waiting for the peer; aborted", conn.peer)
+            self._try_send(conn, ul.abort())
+        except ul.ProtocolError as exc:
+            logger.warning("association from %s aborted: %s", conn.peer, exc)
+            self._try_send(conn, ul.abort(2))
+        except OSError as exc:                         # the socket shut by a stop, or a network error
+            logger.info("association from %s ended: %s", conn.peer, exc.strerror or type(exc).__name__)
+        except Exception:                              # edge: a bug ends this association, not the server
+            logger.exception("association from %s aborted on an internal error", conn.peer)
+            self._try_send(conn, ul.abort())
+
+    @staticmethod
+    def _try_send(conn: Connection, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(data)
+
+    def _associate(self, conn: Connection, reader: ul.PduReader, lease: Lease) -> ul.Negotiated | None:
+        """ARTIM: the A-ASSOCIATE-RQ must arrive within acse_timeout_s. Answer AC or RJ."""
+        s = self.settings
+        pdu_type, received = reader.read_pdu(ul.MAX_ASSOCIATE_RQ_BYTES, s.acse_timeout_s)
+        body = bytes(received)                         # the negotiation cache's key
+        if pdu_type != ul.ASSOCIATE_RQ:
+            raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {pdu_type}")
+        rq, reason, reply, assoc = self._negotiated(body)
+        if not reason and not lease.establish():
+            reason = ul.REJECT_TOO_MANY
+        if reason or assoc is None:
+            logger.info("association from %s to %s rejected %s", rq.calling_ae_title, rq.called_ae_title, reason)
+            conn.send(ul.reject(rq, reason))
+            return None
+        try:
+            conn.send(reply)
+        except BaseException:
+            lease.release()
+            raise
+        return assoc
+
+    def _negotiated(self, body: bytes) -> tuple[A_ASSOCIATE, tuple[int, ...], bytes, ul.Negotiated | None]:
+        """The answer to an A-ASSOCIATE-RQ: the request, a reject reason (none: accepted), the A-ASSOCIATE-AC
+        and the accepted association. It depends on nothing but `body` and the settings, so accepted ones
+        are kept (the last few distinct requests, up to 64 KB each): decoding and negotiating the 128
+        contexts storescu offers costs ~8 ms, and a sender offers the same ones every time."""
+        with self._lock:
+            cached = self._negotiations.get(body)
+            if cached is not None:
+                self._negotiations.move_to_end(body)
+        if cached is not None:
+            rq, reply, assoc = cached
+            return rq, (), reply, assoc
+        s = self.settings
+        rq = ul.requested(body)
+        reason = ul.reject_reason(rq, s.ae_title, s.allowed_calling_aes, s.require_called_ae)
+        if reason:
+            return rq, reason, b"", None
+        reply, assoc = ul.accept(rq, self._supported, s.max_pdu_bytes)
+        if len(body) <= _CACHED_REQUEST_BYTES:
+            with self._lock:
+                self._negotiations[body] = (rq, reply, assoc)
+                if len(self._negotiations) > _CACHED_NEGOTIATIONS:
+                    self._negotiations.popitem(last=False)
+        return rq, (), reply, assoc
+
+    def _serve(self, conn: Connection, assoc: ul.Negotiated, reader: ul.PduReader, lease: Lease) -> None:
+        """P-DATA until release or abort: idle for network_timeout_s at most, dimse_timeout_s inside a message."""
+        s = self.settings
+        incoming = Incoming()
+        try:
+            while True:
+                pdu_type, body = reader.read_pdu(self._max_body, s.dimse_timeout_s if incoming.started
+                                                 else s.network_timeout_s)
+                if pdu_type == ul.DATA_TF:
+                    for context_id, message in feed(assoc.contexts, incoming, body):
+                        conn.send(self._answer(assoc, context_id, message, lease))
+                elif pdu_type == ul.RELEASE_RQ:
+                    conn.send(ul.release_reply())
+                    return
+                elif pdu_type == ul.ABORT:
+                    logger.info("association from %s aborted by the peer", assoc.calling_ae)
+                    return
+                else:
+                    raise ul.ProtocolError(f"unexpected PDU type {pdu_type} on an established association")
+        finally:
+            lease.release()
+
+    def _answer(self, assoc: ul.Negotiated, context_id: int, message: object, lease: Lease) -> bytes:
+        if isinstance(message, C_ECHO):
+            return ul.echo_reply(message, context_id, assoc.peer_max_pdu)
+        if isinstance(message, C_STORE):
+            message = StoreRQ.from_primitive(message)
+        if not isinstance(message, StoreRQ):
+            raise ul.ProtocolError(f"{type(message).__name__} is not a service this node provides")
+        context = assoc.contexts[context_id]
+        syntax = str(context.transfer_syntax[0])
+        try:
+            data = ul.stored_file(message, syntax)
+            request = StoreRequest(data, str(context.abstract_syntax), syntax, message.sop_instance_uid,
+                                   assoc.calling_ae)
+        except Refused as refusal:
+            status = store_response(refusal.status, refusal.comment)
+        else:
+            status = self._store(request, lease)
+        return ul.store_reply(message, status, context_id, assoc.peer_max_pdu)
+
+    def _store(self, request: StoreRequest, lease: Lease) -> Dataset:
+        try:
+            return self.door.store(request, lease.record)
+        except Exception:                              # edge: a bug or I/O surprise becomes a failure status
+            logger.exception("C-STORE %s: could not be stored", request.affected_sop_instance_uid)
+            return store_response(StoreStatus.OUT_OF_RESOURCES, "spool not writable on the receiving node")
