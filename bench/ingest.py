@@ -13,6 +13,7 @@ receiver that makes each instance durable before answering Success can be faster
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -63,10 +64,25 @@ Measured = tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]],
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds a process has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU seconds a process and its running children (the node's receiver and model
+    processes) have used so far, all their threads."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    for one in (pid, *children(pid)):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:              # ended since it was listed
+            continue
+        user, system = user + int(fields[11]) / tick, system + int(fields[12]) / tick
+    return user, system
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -154,6 +170,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--receiver", default="threads", help="the node's [dicom] receiver")
+    ap.add_argument("--receiver-processes", type=int, default=0, help="the node's [dicom] receiver_processes")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -162,9 +179,10 @@ def main() -> None:
         parallel = [[study() for _ in range(4)] for _ in range(args.repeat)]
         files = sorted(single[0][0].iterdir())
         n, mb = len(files), sum(f.stat().st_size for f in files) / 1e6
-        times1, times4 = measure(tmp, single, parallel, n, args.receiver)
+        times1, times4 = measure(tmp, single, parallel, n, args.receiver, args.receiver_processes)
         fs = file_system(tmp)
     result = {"instances_per_study": n, "megabytes_per_study": mb, "repeat": args.repeat, "receiver": args.receiver,
+              "receiver_processes": args.receiver_processes,
               "file_system": fs,
               "one_association": summary(times1, n, mb), "four_associations": summary(times4, 4 * n, 4 * mb)}
     print("file system:", fs["type"], f"on {fs['device']}", "" if "journal" not in fs else
@@ -188,7 +206,7 @@ def main() -> None:
 
 
 def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: int,
-            receiver: str) -> tuple[Measured, Measured]:
+            receiver: str, processes: int) -> tuple[Measured, Measured]:
     (tmp / "floor").mkdir()
     (tmp / "ref").mkdir()
     port = free_port()
@@ -196,13 +214,15 @@ def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: 
                             "-fe", ".dcm", str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     node = NodeProcess(tmp / "node", node__log_level="WARNING", dicom__study_quiet_period_s="3600",
-                       dicom__receiver=receiver)
+                       dicom__receiver=receiver, dicom__receiver_processes=str(processes))
     orthanc = OrthancProcess(tmp / "orthanc")
     try:
         wait_until(lambda: subprocess.run([tool("echoscu"), "-aec", "REF", "127.0.0.1", str(port)],
                                           capture_output=True).returncode == 0, 10, "storescp")
         node.start()
         orthanc.start()
+        wait_until(lambda: node.get("/api/health")["dicom"].get("receiver_processes_ready", 0) == processes, 30,
+                   "the node's receiver processes")
         runs: dict[str, Callable[[list[Path]], None]] = {
             "durable_write_floor": durable_writes(tmp / "floor"), "dcmtk_storescp": sender(port, "REF"),
             "segnode": sender(node.dicom_port, "SEGNODE"), "orthanc": sender(orthanc.dicom_port, "ORTHANC")}
