@@ -40,6 +40,7 @@ class Spool:
         self._lock = threading.Lock()
         self._writing: dict[Path, threading.Event] = {}   # instances being written now, by path
         make_dirs(root)
+        # open for the process's life: closing any descriptor of this file would drop all its locks
         self._locks = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def path_for(self, uids: InstanceUIDs) -> Path:
@@ -109,9 +110,6 @@ class Spool:
             self._folders[folder] = None
             if len(self._folders) > _KNOWN_FOLDERS:
                 del self._folders[next(iter(self._folders))]
-
-    def close(self) -> None:
-        os.close(self._locks)
 
     def sweep_partials(self) -> int:
         """Remove temp files a crash left behind; they were never acknowledged."""

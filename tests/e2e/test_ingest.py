@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -88,8 +89,10 @@ def test_kill_9_right_after_success_loses_nothing(start_node: Callable[..., Node
     assert len(node.spooled()) == 100
 
 
-def test_500_instances_over_4_parallel_associations(start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
-    node = start_node()
+@pytest.mark.parametrize("processes", ["0", "2"])
+def test_500_instances_over_4_parallel_associations(start_node: Callable[..., NodeProcess], tmp_path: Path,
+                                                    processes: str) -> None:
+    node = start_node(dicom__receiver_processes=processes)
     folders = []
     for study in range(2):
         paths = write_series(tmp_path / f"s{study}", slices=250, rows=64, ids=SeriesIds())
@@ -107,18 +110,17 @@ def test_500_instances_over_4_parallel_associations(start_node: Callable[..., No
     assert node.get("/api/health")["instances_received"] == 500
 
 
-def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(start_node: Callable[..., NodeProcess],
-                                                                tmp_path: Path) -> None:
-    node = start_node(dicom__study_quiet_period_s="30")
-    paths = write_series(tmp_path / "ct", slices=300, rows=64)
+def sending(port: int, paths: list[Path], acknowledged: list[str]) -> threading.Thread:
+    """A pynetdicom scanner sending `paths` on one association, on a thread; each UID answered Success is
+    appended to `acknowledged`. It stops at the first instance after the association is gone (a connection
+    closed without an A-ABORT can leave pynetdicom waiting for its DIMSE timeout: 10 s here)."""
     datasets = [dcmread(p) for p in paths]
-    acknowledged: list[str] = []
 
     def sender() -> None:
         ae = AE(ae_title="SCANNER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="SEGNODE",
-                             evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)])
+        assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE", evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)])
         for ds in datasets:
             if not assoc.is_established:
                 break
@@ -129,9 +131,21 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(start_node: Call
             assoc.release()
     t = threading.Thread(target=sender)
     t.start()
+    return t
+
+
+@pytest.mark.parametrize("processes", ["0", "2"])
+def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(start_node: Callable[..., NodeProcess],
+                                                                tmp_path: Path, processes: str) -> None:
+    node = start_node(dicom__study_quiet_period_s="30", dicom__receiver_processes=processes)
+    acknowledged: list[str] = []
+    t = sending(node.dicom_port, write_series(tmp_path / "ct", slices=300, rows=64), acknowledged)
     wait_until(lambda: len(acknowledged) >= 40, 30, "40 acknowledged instances")
+    receivers = node.receiver_pids()
+    assert len(receivers) == int(processes)
     assert node.kill(signal.SIGTERM) == 0
     t.join(30)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in receivers), "a receiver process outlived the node"
     assert 40 <= len(acknowledged) < 300, "the stop should have come mid-transfer"
     assert "segnode stopped" in node.log()
     node.start()
@@ -172,3 +186,53 @@ def test_orthanc_forwarding_a_study_is_received_whole(start_node: Callable[..., 
         orthanc.stop()
     wait_until(lambda: node.get("/api/health")["instances_received"] == 40, 20, "every forwarded instance")
     assert len(node.spooled()) == 40
+
+
+def test_kill_9_of_the_node_mid_transfer_ends_its_receiver_processes_and_loses_nothing(
+        start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    """kill -9 of the main process while a receiver process is serving an association: the receiver
+    processes abort and exit (no orphan keeps the sender waiting), and every instance acknowledged before is
+    in the spool and the store after the restart."""
+    node = start_node(dicom__study_quiet_period_s="30", dicom__receiver_processes="2")
+    receivers = node.receiver_pids()
+    acknowledged: list[str] = []
+    t = sending(node.dicom_port, write_series(tmp_path / "ct", slices=300, rows=64), acknowledged)
+    wait_until(lambda: len(acknowledged) >= 40, 30, "40 acknowledged instances")
+    assert node.kill(signal.SIGKILL) == -signal.SIGKILL
+    t.join(30)
+    assert not t.is_alive(), "the sender was left waiting on an association nobody serves"
+    assert 40 <= len(acknowledged) < 300, "the kill should have come mid-transfer"
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), 10,
+               "the receiver processes to exit after the node died")
+    node.start()
+    stored = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in node.spooled()}
+    assert set(acknowledged) <= stored
+    assert node.jobs("receiving")[0]["instance_count"] == len(stored)
+
+
+def test_a_receiver_process_killed_mid_transfer_is_replaced_and_loses_nothing(
+        start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    """kill -9 of the receiver processes mid-association: the sender's association is cut off, what they
+    acknowledged is stored and recorded, the node starts new ones and takes the whole series when resent."""
+    node = start_node(dicom__study_quiet_period_s="120", dicom__receiver_processes="2")
+    paths = write_series(tmp_path / "ct", slices=300, rows=64)
+    acknowledged: list[str] = []
+    t = sending(node.dicom_port, paths, acknowledged)
+    wait_until(lambda: len(acknowledged) >= 40, 30, "40 acknowledged instances")
+    killed = node.receiver_pids()
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    t.join(30)
+    assert 40 <= len(acknowledged) < 300, "the kill should have come mid-transfer"
+    stored = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in node.spooled()}
+    assert set(acknowledged) <= stored
+    assert node.get("/api/health")["instances_received"] >= len(acknowledged)
+    wait_until(lambda: node.get("/api/health")["dicom"]["receiver_processes_ready"] == 2, 30,
+               "two new receiver processes")
+    assert not set(node.receiver_pids()) & set(killed)
+    assert "ended with signal 9" in node.log()
+    result = storescu(node.dicom_port, paths)
+    assert result.returncode == 0, result.stderr
+    assert len(node.spooled()) == 300
+    assert node.get("/api/health")["instances_received"] == 300
+    assert [j["instance_count"] for j in node.jobs()] == [300], node.jobs()

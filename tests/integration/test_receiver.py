@@ -19,6 +19,8 @@ from pynetdicom.sop_class import CTImageStorage
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
+from node.intake.receiver import ThreadedStorageSCP
+from tests.peers.helpers import wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
 
@@ -26,10 +28,31 @@ TIMEOUTS = {"dicom__receiver": "threads", "dicom__acse_timeout_s": "0.5", "dicom
             "dicom__network_timeout_s": "0.8"}
 
 
-@pytest.fixture
-async def quick_node(tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(node_settings(tmp_path, **TIMEOUTS))
+async def started(tmp_path: Path, **settings: str) -> Node:
+    """A node on the given settings, with its receiver processes (if any) ready to take associations."""
+    n = Node(node_settings(tmp_path, **settings))
     await n.start()
+    assert isinstance(n.scp, ThreadedStorageSCP)
+    pool = n.scp.pool
+    if pool is not None:
+        await asyncio.to_thread(wait_until, lambda: pool.ready_count() == n.settings.dicom.receiver_processes, 30,
+                                "the receiver processes")
+    return n
+
+
+@pytest.fixture(params=["0", "2"], ids=["in-process", "receiver-processes"])
+async def quick_node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Node]:
+    """Short timeouts; the associations served by the node's own threads, or by two receiver processes."""
+    n = await started(tmp_path, **TIMEOUTS, dicom__receiver_processes=request.param)
+    try:
+        yield n
+    finally:
+        await n.stop()
+
+
+@pytest.fixture
+async def node_here(tmp_path: Path) -> AsyncIterator[Node]:
+    n = await started(tmp_path, **TIMEOUTS)
     try:
         yield n
     finally:
@@ -159,23 +182,23 @@ async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_ser
     assert statuses[2].ErrorComment == "image without Pixel Data"
 
 
-async def test_a_sender_s_second_association_is_answered_from_the_first_negotiation(quick_node: Node,
+async def test_a_sender_s_second_association_is_answered_from_the_first_negotiation(node_here: Node,
                                                                                   ct_series: list[Dataset]) -> None:
     """The same A-ASSOCIATE-RQ gets the same answer without decoding it again; a rejected one stays rejected
     and is not kept."""
-    first = await send(quick_node, ct_series[:1])
-    second = await send(quick_node, ct_series[1:2])
+    first = await send(node_here, ct_series[:1])
+    second = await send(node_here, ct_series[1:2])
     assert [s.Status for s in first + second] == [StoreStatus.SUCCESS] * 2
-    assert len(quick_node.scp._server._negotiations) == 1          # type: ignore[union-attr]   # one sender, one entry
+    assert len(node_here.scp._server._negotiations) == 1          # type: ignore[union-attr]   # one sender, one entry
 
     def rejected() -> bytes:
-        sock = raw(quick_node.scp.port)
+        sock = raw(node_here.scp.port)
         sock.sendall(associate_rq(called="SOMEONE_ELSE"))
         return read_all(sock)
     for _ in range(2):
         answer = await asyncio.to_thread(rejected)
         assert answer[0] == 0x03 and answer[7:10] == bytes((1, 1, 7))    # A-ASSOCIATE-RJ, called AE not known
-    assert len(quick_node.scp._server._negotiations) == 1          # type: ignore[union-attr]   # refusals are not kept
+    assert len(node_here.scp._server._negotiations) == 1          # type: ignore[union-attr]   # refusals are not kept
 
 
 async def test_a_peer_trickling_its_request_is_cut_off_at_the_deadline(quick_node: Node) -> None:
@@ -223,3 +246,34 @@ async def test_an_association_idle_between_messages_waits_the_network_timeout_no
         assert await asyncio.to_thread(pause_between_stores) == [StoreStatus.SUCCESS, StoreStatus.SUCCESS]
     finally:
         await n.stop()
+
+
+async def test_max_associations_counts_the_associations_of_every_receiver_process(tmp_path: Path) -> None:
+    """Two receiver processes, max_associations 2: the third association is rejected (transient, local limit)
+    wherever it lands, and is accepted again once one of the two has ended."""
+    node = await started(tmp_path, **{**TIMEOUTS, "dicom__network_timeout_s": "30"}, dicom__receiver_processes="2",
+                         dicom__max_associations="2")
+    try:
+        port = node.scp.port if node.scp else 0
+        first, second = [await asyncio.to_thread(established, port) for _ in range(2)]
+
+        def third() -> bytes:
+            sock = raw(port)
+            sock.sendall(associate_rq())
+            return read_all(sock)
+        answer = await asyncio.to_thread(third)
+        assert answer[0] == 0x03 and answer[7:10] == bytes((2, 3, 2))     # A-ASSOCIATE-RJ, local limit exceeded
+        first.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")          # A-RELEASE-RQ
+        assert (await asyncio.to_thread(read_all, first))[:1] == b"\x06"   # A-RELEASE-RP, then closed
+
+        def accepted_again() -> bool:
+            sock = raw(port)
+            try:
+                sock.sendall(associate_rq())
+                return sock.recv(1)[:1] == b"\x02"
+            finally:
+                sock.close()
+        await asyncio.to_thread(wait_until, accepted_again, 10, "an association accepted again")
+        second.close()
+    finally:
+        await node.stop()

@@ -45,11 +45,17 @@ class NodeProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"segnode exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return self.get("/api/health")["dicom"]["listening"]
+                dicom = self.get("/api/health")["dicom"]
             except (OSError, urllib.error.URLError):
                 return False
+            return bool(dicom["listening"]) and dicom["receiver_processes_ready"] == dicom["receiver_processes"]
         wait_until(ready, timeout_s, "segnode to answer /api/health", interval_s=0.1)
         return self
+
+    def receiver_pids(self) -> list[int]:
+        """The node's receiver processes now running ([dicom] receiver_processes)."""
+        assert self.proc is not None
+        return receiver_pids(self.proc.pid)
 
     def get(self, path: str) -> Any:
         try:
@@ -86,3 +92,17 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
         self.proc = None
+
+
+def receiver_pids(pid: int) -> list[int]:
+    """The running receiver processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"node.intake.receiver_process" in cmdline:
+            found.append(int(stat.parent.name))
+    return found

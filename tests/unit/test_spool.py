@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from node import fsutil
-from node.intake.spool import Spool
+from node.intake.spool import LOCK_FILE, Spool, _lock_byte
 from node.intake.uids import InstanceUIDs
 
 DATA = bytes(range(256)) * 517            # 132 KB, not a multiple of any block size
@@ -148,3 +150,27 @@ def test_the_same_instance_from_two_associations_at_once_is_never_answered_from_
     writer.join(timeout=5)
     assert len(failures) == 1                                  # the first was answered with a failure
     assert answered.path.read_bytes() == DATA                  # the second's answer stands on a file on disk
+
+
+def test_an_instance_another_process_is_writing_waits_for_that_write_to_end(tmp_path: Path) -> None:
+    """Receiver processes take turns per instance too: while another process holds the instance's lock (it is
+    writing it), this one's write waits; once that process is done, the write goes ahead."""
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    target = spool.path_for(uids(1))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         f"fd = os.open({str(tmp_path / 'spool' / LOCK_FILE)!r}, os.O_RDWR)\n"
+         f"fcntl.lockf(fd, fcntl.LOCK_EX, 1, {_lock_byte(target)})\n"
+         "print('locked', flush=True)\nsys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        writer = threading.Thread(target=spool.write_instance, args=(uids(1), DATA))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and not target.exists(), "wrote while another process held the instance"
+        assert spool.write_instance(uids(2), DATA).path.exists()    # another instance is not held up
+    finally:
+        holder.communicate("\n", timeout=10)
+    writer.join(5)
+    assert not writer.is_alive() and target.read_bytes() == DATA
