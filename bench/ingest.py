@@ -150,9 +150,9 @@ def summary(measured: Measured, n: int, mb: float) -> dict[str, Any]:
                             "busy_share": statistics.median(f for _, f, _ in v),
                             "senders_cpu_ms_per_instance": 1000 * statistics.median(c for _, _, c in v) / n}
                         for k, v in machine.items()},
-            "ratios": {"segnode / storescp": med["dcmtk_storescp"] / med["segnode"],
-                       "segnode / orthanc": med["orthanc"] / med["segnode"],
-                       "segnode / durable write floor": med["durable_write_floor"] / med["segnode"]}}
+            "ratios": {f"{k} / {ref}": med[ref_key] / med[k] for k in med if k.startswith("segnode")
+                       for ref, ref_key in (("storescp", "dcmtk_storescp"), ("orthanc", "orthanc"),
+                                            ("durable write floor", "durable_write_floor"))}}
 
 
 def study_writer(folder: Path, slices: int, rows: int) -> Callable[[], Path]:
@@ -170,7 +170,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--receiver", default="threads", help="the node's [dicom] receiver")
-    ap.add_argument("--receiver-processes", type=int, default=0, help="the node's [dicom] receiver_processes")
+    ap.add_argument("--receiver-processes", default="0",
+                    help="[dicom] receiver_processes; several (0,2) measure a node for each, in the same rounds")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -179,10 +180,11 @@ def main() -> None:
         parallel = [[study() for _ in range(4)] for _ in range(args.repeat)]
         files = sorted(single[0][0].iterdir())
         n, mb = len(files), sum(f.stat().st_size for f in files) / 1e6
-        times1, times4 = measure(tmp, single, parallel, n, args.receiver, args.receiver_processes)
+        processes = [int(v) for v in args.receiver_processes.split(",")]
+        times1, times4 = measure(tmp, single, parallel, n, args.receiver, processes)
         fs = file_system(tmp)
     result = {"instances_per_study": n, "megabytes_per_study": mb, "repeat": args.repeat, "receiver": args.receiver,
-              "receiver_processes": args.receiver_processes,
+              "receiver_processes": processes,
               "file_system": fs,
               "one_association": summary(times1, n, mb), "four_associations": summary(times4, 4 * n, 4 * mb)}
     print("file system:", fs["type"], f"on {fs['device']}", "" if "journal" not in fs else
@@ -206,36 +208,44 @@ def main() -> None:
 
 
 def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: int,
-            receiver: str, processes: int) -> tuple[Measured, Measured]:
+            receiver: str, processes: list[int]) -> tuple[Measured, Measured]:
+    """Every receiver in interleaved rounds: the durable-write floor, storescp, Orthanc, and a Segnode node for
+    each count of receiver processes ("segnode" for the first, "segnode_pN" for the others)."""
     (tmp / "floor").mkdir()
     (tmp / "ref").mkdir()
     port = free_port()
     ref = subprocess.Popen([tool("storescp"), "-aet", "REF", "+xa", "-pm", "-dhl", "-od", str(tmp / "ref"),
                             "-fe", ".dcm", str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    node = NodeProcess(tmp / "node", node__log_level="WARNING", dicom__study_quiet_period_s="3600",
-                       dicom__receiver=receiver, dicom__receiver_processes=str(processes))
+    names = {count: "segnode" if i == 0 else f"segnode_p{count}" for i, count in enumerate(processes)}
+    nodes = {names[count]: NodeProcess(tmp / names[count], node__log_level="WARNING",
+                                       dicom__study_quiet_period_s="3600", dicom__receiver=receiver,
+                                       dicom__receiver_processes=str(count)) for count in processes}
     orthanc = OrthancProcess(tmp / "orthanc")
     try:
         wait_until(lambda: subprocess.run([tool("echoscu"), "-aec", "REF", "127.0.0.1", str(port)],
                                           capture_output=True).returncode == 0, 10, "storescp")
-        node.start()
+        for node in nodes.values():
+            node.start()                       # returns once its receiver processes are ready
         orthanc.start()
-        wait_until(lambda: node.get("/api/health")["dicom"].get("receiver_processes_ready", 0) == processes, 30,
-                   "the node's receiver processes")
         runs: dict[str, Callable[[list[Path]], None]] = {
             "durable_write_floor": durable_writes(tmp / "floor"), "dcmtk_storescp": sender(port, "REF"),
-            "segnode": sender(node.dicom_port, "SEGNODE"), "orthanc": sender(orthanc.dicom_port, "ORTHANC")}
-        assert node.proc is not None and orthanc.proc is not None
-        pids = {"dcmtk_storescp": ref.pid, "segnode": node.proc.pid, "orthanc": orthanc.proc.pid}
+            **{name: sender(node.dicom_port, "SEGNODE") for name, node in nodes.items()},
+            "orthanc": sender(orthanc.dicom_port, "ORTHANC")}
+        assert orthanc.proc is not None and all(node.proc is not None for node in nodes.values())
+        pids = {"dcmtk_storescp": ref.pid, "orthanc": orthanc.proc.pid,
+                **{name: node.proc.pid for name, node in nodes.items() if node.proc is not None}}
         times1 = rounds(runs, single, pids)
         times4 = rounds(runs, parallel, pids)
         total = n * (len(single) + 4 * len(parallel))
-        wait_until(lambda: node.get("/api/health")["instances_received"] == total, 30, "every instance recorded")
+        for node in nodes.values():
+            wait_until(lambda node=node: node.get("/api/health")["instances_received"] == total, 30,
+                       "every instance recorded")
     finally:
         ref.terminate()
         ref.wait(10)
-        node.stop()
+        for node in nodes.values():
+            node.stop()
         orthanc.stop()
     return times1, times4
 
