@@ -39,8 +39,7 @@ class Helper:
 
 def _package_root() -> str:
     """The folder holding the node package, for the child's module path."""
-    import node
-    return str(Path(node.__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])
 
 
 def _send_timeout(sock: socket.socket, seconds: int) -> None:
