@@ -104,7 +104,8 @@ class Node:
 
     async def _start_intake(self, store: JobStore, registry: ModelRegistry) -> Ingest:
         d = self.settings.dicom
-        self.spool = Spool(self.settings.node.data_path / "spool", d.min_free_disk_mb * 2**20)
+        self.spool = Spool(self.settings.node.data_path / "spool", d.min_free_disk_mb * 2**20,
+                           shared=d.receiver_processes > 0)
         self.ingest = Ingest(store, self.spool, StudyAssembler(d.study_quiet_period_s), self.settings.rules,
                              model_unavailable=registry.unavailable_reason)
         await self.ingest.recover()

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s[receiver %(process)d]: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     settings = settings_of(config["dicom"])
-    spool = Spool(Path(config["spool"]), int(config["min_free_bytes"]))
+    spool = Spool(Path(config["spool"]), int(config["min_free_bytes"]), shared=True)
     door = Door(spool, ImageLimits(max_matrix=settings.max_matrix, max_frames=settings.max_frames))
     control = socket.socket(fileno=args.control)
     ReceiverProcess(control, AssociationServer(settings, door)).run()

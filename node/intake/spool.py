@@ -32,7 +32,7 @@ class Spool:
     """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, whole or not at all,
     fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
 
-    def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True) -> None:
+    def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True, shared: bool = False) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self._sync = sync
@@ -40,8 +40,9 @@ class Spool:
         self._lock = threading.Lock()
         self._writing: dict[Path, threading.Event] = {}   # instances being written now, by path
         make_dirs(root)
-        # open for the process's life: closing any descriptor of this file would drop all its locks
-        self._locks = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # shared (receiver processes write it too): open for the process's life, as closing any descriptor
+        # of this file would drop all the process's locks on it
+        self._locks = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if shared else None
 
     def path_for(self, uids: InstanceUIDs) -> Path:
         return self.root / uids.study_instance_uid / uids.series_instance_uid / f"{uids.sop_instance_uid}.dcm"
@@ -51,12 +52,14 @@ class Spool:
 
         Associations sending the same instance at once take turns: the second waits until the first write
         has ended (a failed one takes its name back), then keeps that copy or writes its own. Threads of
-        this process take turns in `_writing`; processes (receiver processes, the node) by a lock on one
-        byte of the lock file, the byte the instance's path hashes to."""
+        this process take turns in `_writing`; on a shared spool, processes (receiver processes, the node)
+        also by a lock on one byte of the lock file, the byte the instance's path hashes to."""
         target = self.path_for(uids)
         done = self._turn(target)
-        byte = _lock_byte(target)
         try:
+            if self._locks is None:
+                return self._write(target, data)
+            byte = _lock_byte(target)
             fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, byte)
             try:
                 return self._write(target, data)

@@ -155,7 +155,7 @@ def test_the_same_instance_from_two_associations_at_once_is_never_answered_from_
 def test_an_instance_another_process_is_writing_waits_for_that_write_to_end(tmp_path: Path) -> None:
     """Receiver processes take turns per instance too: while another process holds the instance's lock (it is
     writing it), this one's write waits; once that process is done, the write goes ahead."""
-    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    spool = Spool(tmp_path / "spool", min_free_bytes=0, shared=True)
     target = spool.path_for(uids(1))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys\n"
