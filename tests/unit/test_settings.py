@@ -51,6 +51,10 @@ def test_every_default_is_written_in_the_defaults_file() -> None:
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray://head:10001"}, "is a Ray Client address, which Segnode does not use"),
     ({"SEGNODE_NOPE__X": "1"}, "unknown section [nope]"),
     ({"SEGNODE_DICOM__RECEIVER": "twisted"}, "[dicom] receiver must be one of threads, pynetdicom, got 'twisted'"),
+    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "65"}, "[dicom] receiver_processes must be 0-64, got 65"),
+    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "-1"}, "[dicom] receiver_processes must be 0-64, got -1"),
+    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "2", "SEGNODE_DICOM__RECEIVER": "pynetdicom"},
+     "[dicom] receiver_processes needs receiver = \"threads\""),
 ])
 def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
