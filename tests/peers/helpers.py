@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import multiprocessing
 import os
 import shutil
 import socket
@@ -105,3 +106,12 @@ def peak_rss_growth(fn: Callable[[], T]) -> tuple[T, int]:
     start = status("VmRSS")
     result = fn()
     return result, status("VmHWM") - start
+
+
+def in_fresh_process(fn: Callable[..., T], *args: object, timeout_s: float = 300) -> T:
+    """`fn(*args)` in a new Python process (spawned, not forked), its result sent back: a memory measurement
+    there sees a model process's allocator, not the state the rest of the test suite left in this one (its
+    threads' malloc arenas, cached heap). `fn` must be a module-level function."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply_async(fn, args).get(timeout_s)
