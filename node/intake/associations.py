@@ -68,7 +68,7 @@ class Connection:
         """A-ABORT, then shut the socket: the association thread's next read ends (from any thread)."""
         if self.send_lock.acquire(timeout=1.0):
             try:
-                self.sock.sendall(ul.abort())
+                self.sock.send(ul.abort(), socket.MSG_DONTWAIT)    # a peer that reads nothing is just cut off
             except OSError:
                 pass
             finally:

@@ -126,9 +126,10 @@ class ThreadedStorageSCP:
         if self._pool is not None and any(isinstance(c, _Remote) for c in left):
             logger.warning("shutdown: aborting the receiver processes' associations after the grace period")
             self._pool.tell_all(channel.ABORT)
+        joins_end = time.monotonic() + 5.0
         for conn in self._open():
             if conn.thread is not None and conn.thread.ident is not None:
-                await asyncio.to_thread(conn.thread.join, 5)
+                await asyncio.to_thread(conn.thread.join, max(0.0, joins_end - time.monotonic()))
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
         logger.info("DICOM SCP stopped")

@@ -80,18 +80,21 @@ class ReceiverPool:
             if not ready:
                 return None
             helper = min(ready, key=lambda h: h.open)
-            helper.open += 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with self._lock:
+            helper.open += 1
         try:
             with helper.send_lock:
                 if helper.control is None:
                     raise ConnectionError("receiver process gone")
                 socket.send_fds(helper.control, [channel.CONNECTION], [sock.fileno(), theirs.fileno()])
         except OSError as exc:
-            logger.warning("receiver process %d could not take a connection (%s)", helper.index, type(exc).__name__)
+            logger.warning("receiver process %d could not take a connection (%s); restarting it", helper.index,
+                           type(exc).__name__)
             with self._lock:
                 helper.open -= 1
                 helper.ready = False
+            self._shut(helper)                        # its supervisor then reaps it and starts a new one
             ours.close()
             return None
         finally:
@@ -115,12 +118,18 @@ class ReceiverPool:
         kill one that does not exit in time."""
         self._closing.set()
         for helper in self._helpers:
-            with helper.send_lock:
-                if helper.control is not None:
-                    with contextlib.suppress(OSError):
-                        helper.control.shutdown(socket.SHUT_RDWR)
+            self._shut(helper)
+        deadline = time.monotonic() + _STOP_WAIT_S + 1.0
         for thread in self._supervisors:
-            thread.join(_STOP_WAIT_S + 1.0)
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def _shut(helper: Helper) -> None:
+        """Shut the control socket: the process sees EOF (aborts and exits), the supervisor's read ends."""
+        with helper.send_lock:
+            if helper.control is not None:
+                with contextlib.suppress(OSError):
+                    helper.control.shutdown(socket.SHUT_RDWR)
 
     # -- one slot, on its supervising thread --------------------------------------------------------
     def _supervise(self, helper: Helper) -> None:
@@ -159,6 +168,9 @@ class ReceiverPool:
         _send_timeout(ours, _SEND_TIMEOUT_S)
         with helper.send_lock:
             helper.proc, helper.control = proc, ours
+            if self._closing.is_set():                # close() ran while this one was starting: end it too
+                with contextlib.suppress(OSError):
+                    ours.shutdown(socket.SHUT_RDWR)
 
     def _watch(self, helper: Helper) -> None:
         """Until the process closes its control socket (it exited or died): mark it ready when it says so."""

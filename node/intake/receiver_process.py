@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import socket
 import sys
 import threading
@@ -102,40 +104,55 @@ class ReceiverProcess:
         self._reply_timeout_s = server.settings.record_timeout_s + _REPLY_MARGIN_S
 
     def run(self) -> None:
-        self._control.send(channel.READY)
-        while True:
-            try:
-                message, fds, _flags, _address = socket.recv_fds(self._control, 16, 2)
-            except OSError:
-                break
-            if message == channel.CONNECTION and len(fds) == 2:
-                self._start(fds[0], fds[1])
-                continue
-            for fd in fds:                           # edge: descriptors with a message that takes none
-                socket.close(fd)
-            if not message:
-                break
-            if message == channel.STOPPING:
-                self._server.door.stopping.set()
-            elif message == channel.ABORT:
-                self._abort_all()
-        self._end()
+        try:
+            self._control.send(channel.READY)
+            while True:
+                try:
+                    message, fds, _flags, _address = socket.recv_fds(self._control, 16, 2)
+                except OSError:
+                    break
+                for fd in fds:
+                    os.set_inheritable(fd, False)
+                if message == channel.CONNECTION and len(fds) == 2:
+                    self._start(fds[0], fds[1])
+                    continue
+                for fd in fds:                       # edge: descriptors with a message that takes none
+                    os.close(fd)
+                if not message:
+                    break
+                if message == channel.STOPPING:
+                    self._server.door.stopping.set()
+                elif message == channel.ABORT:
+                    self._abort_all()
+        finally:
+            self._end()
 
     def _start(self, sock_fd: int, chan_fd: int) -> None:
+        """Serve the connection on a new thread; if that cannot be done, close both (the main process sees
+        the channel close and the sender the connection)."""
         sock, chan = socket.socket(fileno=sock_fd), socket.socket(fileno=chan_fd)
+        conn: Connection | None = None
         try:
-            peer: object = sock.getpeername()
-        except OSError:
-            peer = "(gone)"
-        sock.setblocking(True)
-        set_nodelay(sock)
-        conn = Connection(sock, peer, self._server.settings.dimse_timeout_s)
-        lease = ChannelLease(chan, self._reply_timeout_s)
-        thread = threading.Thread(target=self._association, args=(conn, lease), name="dicom-association",
-                                  daemon=True)
-        with self._lock:
-            self._connections[conn] = thread
-        thread.start()
+            try:
+                peer: object = sock.getpeername()
+            except OSError:
+                peer = "(gone)"
+            sock.setblocking(True)
+            set_nodelay(sock)
+            conn = Connection(sock, peer, self._server.settings.dimse_timeout_s)
+            lease = ChannelLease(chan, self._reply_timeout_s)
+            thread = threading.Thread(target=self._association, args=(conn, lease), name="dicom-association",
+                                      daemon=True)
+            with self._lock:
+                self._connections[conn] = thread
+            thread.start()
+        except Exception as exc:                     # edge: e.g. no more threads: this connection, not the process
+            logger.error("a connection could not be served (%s); closed", type(exc).__name__)
+            if conn is not None:
+                with self._lock:
+                    self._connections.pop(conn, None)
+            sock.close()
+            chan.close()
 
     def _association(self, conn: Connection, lease: ChannelLease) -> None:
         try:
@@ -169,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", type=int, required=True, help="the control socket's file descriptor")
     parser.add_argument("--config", required=True, help="JSON, as written by config_of()")
     args = parser.parse_args(argv)
+    # The main process ends this one by closing the control socket (and kills it if it lingers), after its own
+    # grace period: a SIGTERM or Ctrl-C sent to the whole process group must not cut the associations first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = json.loads(args.config)
     logging.basicConfig(level=config["log_level"].upper(),
                         format="%(asctime)s %(levelname)s %(name)s[receiver %(process)d]: %(message)s")

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,8 +41,7 @@ class Spool:
         self._lock = threading.Lock()
         self._writing: dict[Path, threading.Event] = {}   # instances being written now, by path
         make_dirs(root)
-        # shared (receiver processes write it too): open for the process's life, as closing any descriptor
-        # of this file would drop all the process's locks on it
+        # shared (receiver processes write it too): the lock file, open for the process's life
         self._locks = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if shared else None
 
     def path_for(self, uids: InstanceUIDs) -> Path:
@@ -53,18 +53,21 @@ class Spool:
         Associations sending the same instance at once take turns: the second waits until the first write
         has ended (a failed one takes its name back), then keeps that copy or writes its own. Threads of
         this process take turns in `_writing`; on a shared spool, processes (receiver processes, the node)
-        also by a lock on one byte of the lock file, the byte the instance's path hashes to."""
+        also by a lock on one byte of the lock file, the byte the instance's path hashes to. It is an open
+        file description lock: a classic POSIX lock belongs to the whole process, and the kernel's deadlock
+        check then refuses (EDEADLK) a wait that is no deadlock, when two processes' threads each hold one
+        instance and wait for the other's."""
         target = self.path_for(uids)
         done = self._turn(target)
         try:
             if self._locks is None:
                 return self._write(target, data)
             byte = _lock_byte(target)
-            fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, byte)
+            _lock(self._locks, fcntl.F_WRLCK, byte)
             try:
                 return self._write(target, data)
             finally:
-                fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, byte)
+                _lock(self._locks, fcntl.F_UNLCK, byte)
         finally:
             with self._lock:
                 del self._writing[target]
@@ -132,3 +135,12 @@ class Spool:
 def _lock_byte(target: Path) -> int:
     """Where in the lock file `target`'s lock lies: a 62-bit hash of its path (the same in every process)."""
     return int.from_bytes(hashlib.blake2b(os.fsencode(target), digest_size=8).digest()) & (2**62 - 1)
+
+
+_FLOCK = struct.Struct("hhxxxxqqi4x")      # struct flock on 64-bit Linux: type, whence, start, len, pid (0 for OFD)
+
+
+def _lock(fd: int, kind: int, byte: int) -> None:
+    """Take (F_WRLCK, waiting for it) or give back (F_UNLCK) the open file description lock on one byte."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if kind != fcntl.F_UNLCK else fcntl.F_OFD_SETLK,
+                _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
