@@ -24,6 +24,7 @@ from node.intake.door import Door, Refused, StoreRequest
 from node.intake.messages import Incoming, StoreRQ, feed
 from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
+from node.tcp import set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,12 @@ class AssociationServer:
             build_context(sop, TRANSFER_SYNTAXES) for sop in STORAGE_SOP_CLASSES]
         self._max_body = settings.max_pdu_bytes + 6 if settings.max_pdu_bytes else _NO_LIMIT
         self._negotiations: OrderedDict[bytes, tuple[A_ASSOCIATE, bytes, ul.Negotiated]] = OrderedDict()
+
+    def connection(self, sock: socket.socket, peer: object) -> Connection:
+        """An accepted socket made ready for its association thread: blocking reads, TCP_NODELAY."""
+        sock.setblocking(True)
+        set_nodelay(sock)
+        return Connection(sock, peer, self.settings.dimse_timeout_s)
 
     def serve(self, conn: Connection, lease: Lease) -> None:
         """The whole association on this thread; every error ends in a log line (and an A-ABORT where due).

@@ -27,7 +27,6 @@ from node.intake.receiver_process import config_of
 from node.intake.spool import Spool
 from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
-from node.tcp import set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +180,10 @@ class ThreadedStorageSCP:
             self._serve_here(sock, peer)
 
     def _serve_here(self, sock: socket.socket, peer: object) -> None:
-        conn = Connection(sock, peer, self.settings.dimse_timeout_s)
+        conn = self._server.connection(sock, peer)
         with self._lock:
             self._connections.add(conn)
         try:
-            sock.setblocking(True)
-            set_nodelay(sock)
             conn.thread = threading.Thread(target=self._association, args=(conn,), name="dicom-association",
                                            daemon=True)
             conn.thread.start()

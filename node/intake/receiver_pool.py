@@ -68,10 +68,6 @@ class ReceiverPool:
         with self._lock:
             return sum(h.ready for h in self._helpers)
 
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [h.proc.pid for h in self._helpers if h.ready and h.proc is not None]
-
     def hand_over(self, sock: socket.socket) -> tuple[Helper, socket.socket] | None:
         """Pass an accepted connection to the ready process serving the fewest, with a new channel; the main
         process's end of that channel, or None when no process can take it (the caller serves it itself)."""

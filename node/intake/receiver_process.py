@@ -31,7 +31,6 @@ from node.intake.image_check import ImageLimits
 from node.intake.spool import Spool
 from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
-from node.tcp import set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +136,7 @@ class ReceiverProcess:
                 peer: object = sock.getpeername()
             except OSError:
                 peer = "(gone)"
-            sock.setblocking(True)
-            set_nodelay(sock)
-            conn = Connection(sock, peer, self._server.settings.dimse_timeout_s)
+            conn = self._server.connection(sock, peer)
             lease = ChannelLease(chan, self._reply_timeout_s)
             thread = threading.Thread(target=self._association, args=(conn, lease), name="dicom-association",
                                       daemon=True)
