@@ -1,4 +1,4 @@
-"""Job states and the transitions the store allows (DESIGN.md section 4)."""
+"""Job states and the transitions the store allows (docs/architecture.md)."""
 
 from __future__ import annotations
 

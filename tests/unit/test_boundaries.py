@@ -1,4 +1,4 @@
-"""DESIGN.md section 2, every arrow: which part of the code may import which.
+"""docs/architecture.md, every arrow: which part of the code may import which.
 
 The node's parts follow the data flow: intake -> jobs <- compute <- results, delivery -> jobs. `jobs` is
 the hub the others write through and imports none of them; the common modules (errors, settings,
