@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from bench.common import write_result
 from node.fsutil import write_new
 from node.synth.series import write_series
 from tests.peers.dcmtk import storescu
-from tests.peers.helpers import free_port, peer_env, tool, wait_until
+from tests.peers.helpers import REPO, free_port, peer_env, tool, wait_until
 from tests.peers.node_process import NodeProcess
 from tests.peers.orthanc import OrthancProcess
 
@@ -152,7 +152,10 @@ def summary(measured: Measured, n: int, mb: float) -> dict[str, Any]:
                         for k, v in machine.items()},
             "ratios": {f"{k} / {ref}": med[ref_key] / med[k] for k in med if k.startswith("segnode")
                        for ref, ref_key in (("storescp", "dcmtk_storescp"), ("orthanc", "orthanc"),
-                                            ("durable write floor", "durable_write_floor"))}}
+                                            ("durable write floor", "durable_write_floor"))
+                       if k != "segnode_before" or ref == "orthanc"}
+            | ({"segnode / segnode_before (> 1: this checkout is faster)": med["segnode_before"] / med["segnode"]}
+               if "segnode_before" in med else {})}
 
 
 def study_writer(folder: Path, slices: int, rows: int) -> Callable[[], Path]:
@@ -169,9 +172,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--receiver", default="threads", help="the node's [dicom] receiver")
-    ap.add_argument("--receiver-processes", default="0",
-                    help="[dicom] receiver_processes; several (0,2) measure a node for each, in the same rounds")
+    ap.add_argument("--against", default="",
+                    help="a git revision: a node of that commit (a temporary worktree) measured in the same rounds")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -180,12 +182,11 @@ def main() -> None:
         parallel = [[study() for _ in range(4)] for _ in range(args.repeat)]
         files = sorted(single[0][0].iterdir())
         n, mb = len(files), sum(f.stat().st_size for f in files) / 1e6
-        processes = [int(v) for v in args.receiver_processes.split(",")]
-        times1, times4 = measure(tmp, single, parallel, n, args.receiver, processes)
+        with worktree(args.against, tmp / "against") as against:
+            times1, times4 = measure(tmp, single, parallel, n, against)
         fs = file_system(tmp)
-    result = {"instances_per_study": n, "megabytes_per_study": mb, "repeat": args.repeat, "receiver": args.receiver,
-              "receiver_processes": processes,
-              "file_system": fs,
+    result = {"instances_per_study": n, "megabytes_per_study": mb, "repeat": args.repeat,
+              "against": args.against or None, "commit": git_revision(REPO), "file_system": fs,
               "one_association": summary(times1, n, mb), "four_associations": summary(times4, 4 * n, 4 * mb)}
     print("file system:", fs["type"], f"on {fs['device']}", "" if "journal" not in fs else
           ("with a journal" if fs["journal"] else "WITHOUT a journal (see file_system() on deleted inodes)"))
@@ -205,28 +206,44 @@ def main() -> None:
     print("wrote", write_result("ingest", result))
 
 
+def git_revision(repo: Path) -> str:
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def worktree(revision: str, path: Path) -> Iterator[Path | None]:
+    """A checkout of `revision` (None without one), removed afterwards; its node runs on this venv."""
+    if not revision:
+        yield None
+        return
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), revision], check=True,
+                   capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
 def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: int,
-            receiver: str, processes: list[int]) -> tuple[Measured, Measured]:
-    """Every receiver in interleaved rounds: the durable-write floor, storescp, Orthanc, and a Segnode node for
-    each count of receiver processes ("segnode" for the first, "segnode_pN" for the others)."""
+            against: Path | None) -> tuple[Measured, Measured]:
+    """Every receiver in interleaved rounds: the durable-write floor, storescp, Orthanc, a Segnode node of this
+    checkout ("segnode") and, with `against`, one of that checkout ("segnode_before")."""
     (tmp / "floor").mkdir()
     (tmp / "ref").mkdir()
     port = free_port()
     ref = subprocess.Popen([tool("storescp"), "-aet", "REF", "+xa", "-pm", "-dhl", "-od", str(tmp / "ref"),
                             "-fe", ".dcm", str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    names = {count: "segnode" if i == 0 else f"segnode_p{count}" for i, count in enumerate(processes)}
-    nodes = {names[count]: NodeProcess(tmp / names[count], node__log_level="WARNING",
-                                       dicom__study_quiet_period_s="3600", dicom__receiver=receiver,
-                                       dicom__receiver_processes=str(count)) for count in processes}
+    checkouts = {"segnode": REPO, **({"segnode_before": against} if against is not None else {})}
+    nodes = {name: NodeProcess(tmp / name, node__log_level="WARNING", dicom__study_quiet_period_s="3600",
+                               repo=checkout) for name, checkout in checkouts.items()}
     orthanc = OrthancProcess(tmp / "orthanc")
     try:
         wait_until(lambda: subprocess.run([tool("echoscu"), "-aec", "REF", "127.0.0.1", str(port)],
                                           capture_output=True).returncode == 0, 10, "storescp")
         for node in nodes.values():
-            node.start()                       # returns once its receiver processes are ready
+            node.start()
         orthanc.start()
         runs: dict[str, Callable[[list[Path]], None]] = {
             "durable_write_floor": durable_writes(tmp / "floor"), "dcmtk_storescp": sender(port, "REF"),

@@ -24,8 +24,7 @@ from node.errors import ConfigError
 from node.fsutil import make_dirs
 from node.intake.assembly import StudyAssembler
 from node.intake.ingest import Ingest
-from node.intake.receiver import ThreadedStorageSCP
-from node.intake.scp import StorageSCP
+from node.intake.receiver import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import EventBus
 from node.jobs.schema import head as schema_head
@@ -54,7 +53,7 @@ class Node:
         self.store: JobStore | None = None
         self.spool: Spool | None = None
         self.ingest: Ingest | None = None
-        self.scp: ThreadedStorageSCP | StorageSCP | None = None
+        self.scp: StorageSCP | None = None
         self.registry: ModelRegistry | None = None
         self._window = SlidingWindow()
         self.backend: Backend | None = None
@@ -76,8 +75,7 @@ class Node:
         backend = await self._start_compute(self.store, registry)
         outbox = self._start_delivery(self.store)
         assert self.spool is not None and self.registry is not None
-        self.scp = (StorageSCP(s.dicom, self.spool, ingest.record) if s.dicom.receiver == "pynetdicom"
-                    else ThreadedStorageSCP(s.dicom, self.spool, ingest.record, log_level=s.node.log_level))
+        self.scp = StorageSCP(s.dicom, self.spool, ingest.record)
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,
                                                    self.workers, outbox), websockets)
@@ -104,8 +102,7 @@ class Node:
 
     async def _start_intake(self, store: JobStore, registry: ModelRegistry) -> Ingest:
         d = self.settings.dicom
-        self.spool = Spool(self.settings.node.data_path / "spool", d.min_free_disk_mb * 2**20,
-                           shared=d.receiver_processes > 0)
+        self.spool = Spool(self.settings.node.data_path / "spool", d.min_free_disk_mb * 2**20)
         self.ingest = Ingest(store, self.spool, StudyAssembler(d.study_quiet_period_s), self.settings.rules,
                              model_unavailable=registry.unavailable_reason)
         await self.ingest.recover()

@@ -17,8 +17,7 @@ from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
 from node.fsutil import free_bytes
 from node.intake.ingest import Ingest
-from node.intake.receiver import ThreadedStorageSCP
-from node.intake.scp import StorageSCP
+from node.intake.receiver import StorageSCP
 from node.intake.spool import Spool
 from node.jobs.events import Subscription
 from node.jobs.records import JobEvent, JobView
@@ -37,7 +36,7 @@ class RunningParts:
     store: JobStore
     spool: Spool
     ingest: Ingest
-    scp: ThreadedStorageSCP | StorageSCP
+    scp: StorageSCP
     registry: ModelRegistry
     backend: Backend
     workers: Sequence[Worker]
@@ -66,14 +65,11 @@ class NodeService:
         free = free_bytes(p.spool.root)
         disk_ok = free >= p.spool.min_free_bytes
         scp_ok = p.scp.listening
-        pool = getattr(p.scp, "pool", None)
         return {
             "ok": bool(disk_ok and scp_ok and store_ok),
             "store": {"ok": store_ok, "database": p.store.engine.dialect.name},
             "dicom": {"listening": scp_ok, "ae_title": self._settings.dicom.ae_title,
-                      "port": p.scp.port if scp_ok else None,
-                      "receiver_processes": self._settings.dicom.receiver_processes,
-                      "receiver_processes_ready": pool.ready_count() if pool is not None else 0},
+                      "port": p.scp.port if scp_ok else None},
             "disk": {"free_bytes": free, "floor_bytes": p.spool.min_free_bytes, "ok": disk_ok},
             "jobs": counts,
             "queue_depth": counts.get("queued", 0),

@@ -31,7 +31,12 @@ def _is_ae_title(value: str) -> bool:
     return 1 <= len(value.strip()) <= 16 and value.isascii() and value.isprintable() and "\\" not in value
 
 
-RECEIVERS = ("threads", "pynetdicom")
+# keys an older config may still hold, and what became of them
+_REMOVED_KEYS = {
+    ("dicom", "receiver"): "the node has one receiver since 2026-12 (a thread per association); delete the line",
+    ("dicom", "receiver_processes"): "receiver processes were removed in 2026-12 (they never paid; see "
+                                     "bench/RESULTS.md); delete the line",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +71,8 @@ class DicomSettings:
     shutdown_grace_s: float = 30.0
     max_matrix: int = 8192
     max_frames: int = 5000
-    receiver: str = "threads"               # "threads" (a thread per association) or "pynetdicom"
-    receiver_processes: int = 0             # with "threads": associations served in this many processes
 
     def __post_init__(self) -> None:
-        if self.receiver == "asyncio":          # the name of the default receiver before 2026-11-29
-            object.__setattr__(self, "receiver", "threads")
-        if self.receiver not in RECEIVERS:
-            raise ConfigError(f"[dicom] receiver must be one of {', '.join(RECEIVERS)}, got {self.receiver!r}")
-        if not 0 <= self.receiver_processes <= 64:
-            raise ConfigError(f"[dicom] receiver_processes must be 0-64, got {self.receiver_processes}")
-        if self.receiver_processes and self.receiver != "threads":
-            raise ConfigError("[dicom] receiver_processes needs receiver = \"threads\"")
         if not _is_ae_title(self.ae_title):
             raise ConfigError(f"[dicom] ae_title must be 1-16 printable ASCII characters without '\\', got "
                               f"{self.ae_title!r}; set it in the --config file or SEGNODE_DICOM__AE_TITLE")
@@ -336,6 +331,9 @@ def _coerce(section: str, key: str, hint: Any, value: Any) -> Any:
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
+    for key in raw:
+        if (name, key) in _REMOVED_KEYS:
+            raise ConfigError(f"[{name}] {key}: {_REMOVED_KEYS[name, key]}")
     check_keys(raw, {f.name for f in dataclasses.fields(cls)}, f"[{name}]")
     return cls(**{k: _coerce(name, k, hints[k], v) for k, v in raw.items()})
 

@@ -1,6 +1,6 @@
 """One association, served on the calling thread, from its A-ASSOCIATE-RQ to its release or abort: blocking reads,
-the door run on that thread, each status sent by it. Used by the node's own receiver threads and by its receiver
-processes alike; what differs between the two is the `Lease`: who counts the association and commits the rows."""
+the door run on that thread, each status sent by it. The `Lease` (the StorageSCP) counts the association and
+commits the rows."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification
 from node.intake import upper_layer as ul
 from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
 from node.intake.door import Door, Refused, StoreRequest
-from node.intake.messages import Incoming, StoreRQ, feed
+from node.intake.messages import Incoming, StoreRQ, feed, let_the_door_judge_uids
 from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
 from node.tcp import set_nodelay
@@ -85,6 +85,7 @@ class AssociationServer:
     def __init__(self, settings: DicomSettings, door: Door) -> None:
         self.settings = settings
         self.door = door
+        let_the_door_judge_uids()
         self._lock = threading.Lock()
         self._supported: list[PresentationContext] = [build_context(Verification)] + [
             build_context(sop, TRANSFER_SYNTAXES) for sop in STORAGE_SOP_CLASSES]

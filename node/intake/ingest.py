@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from node.bridge import LoopBridge
 from node.intake.assembly import StudyAssembler
 from node.intake.records import record_from_file
 from node.intake.spool import Spool
@@ -31,21 +32,23 @@ class Ingest:
         self._assembler = assembler
         self._rules = tuple(rules)
         self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None         # set when the routing task runs
+        self._bridge: LoopBridge | None = None              # to the routing task's loop, once it runs
         self._count_lock = threading.Lock()
         self.instances_received = 0
 
     def record(self, rec: InstanceRecord) -> RecordOutcome:
-        """The SCP's recorder, on an association thread: the row commits before the SCP answers Success.
-        The study's quiet period restarts here, in this thread; the loop is woken only for a new study."""
+        """The receiver's recorder, on an association thread: returns once the row has committed (the
+        receiver answers Success only then); raises if it was not committed (TimeoutError, RecordFailed).
+        The study's quiet period restarts here, in this thread; the loop is woken, through the bridge,
+        only for a new study."""
         outcome = self._store.record_instance_blocking(rec)
         if not outcome.duplicate:
             with self._count_lock:
                 self.instances_received += 1
-        if self._assembler.instance_received(outcome.intake_id) and self._loop is not None:
+        if self._assembler.instance_received(outcome.intake_id) and self._bridge is not None:
             # a new study: its deadline may come before the one being waited for
             with contextlib.suppress(RuntimeError):     # the loop has closed (shutdown): it is stored anyway
-                self._loop.call_soon_threadsafe(self._wake.set)
+                self._bridge.notify(self._wake.set)
         return outcome
 
     async def route_stable(self) -> int:
@@ -73,7 +76,7 @@ class Ingest:
 
     async def run(self) -> None:
         """Background task: wake on new studies or the next quiet-period deadline."""
-        self._loop = asyncio.get_running_loop()
+        self._bridge = LoopBridge(asyncio.get_running_loop())
         while True:
             deadline = self._assembler.next_deadline()
             try:

@@ -4,6 +4,10 @@ A C-STORE-RQ whose command set holds only the usual elements is read directly (i
 dozen implicit-VR elements) and its data set kept as the received bytes: pynetdicom's decoder builds a
 pydicom Dataset and a validated primitive for it, ~0.1 ms an instance. Every other message, or a command
 set with anything unusual in it, goes to pynetdicom's DIMSEMessage, which decides as it always has.
+
+UIDs in a command set are not judged here: a C-STORE-RQ's UIDs are passed on as text whatever they hold,
+and the door refuses an unfit one with a named 0xC000 (node.intake.uids.check_uid). For the commands
+pynetdicom decodes, `let_the_door_judge_uids()` is the one place that tells it the same.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
@@ -22,10 +27,23 @@ _C_STORE_RQ = 0x0001
 _NO_DATASET = 0x0101
 _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
-_UID = re.compile(rb"[0-9.]{1,64}")
+_UID_TEXT = re.compile(rb"[\x20-\x7e]{1,1024}")       # printable ASCII: shown in a refusal as it was sent
 # (0000,eeee) elements a C-STORE-RQ may carry: group length, class, field, ID, priority, data set type,
 # instance, and the move originator's AE title and message ID
 _KNOWN = frozenset((0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000, 0x1030, 0x1031))
+
+
+def _any_uid(_value: object) -> tuple[bool, str]:
+    return True, ""
+
+
+def let_the_door_judge_uids() -> None:
+    """Make pynetdicom's DIMSE decoder (a process-wide setting of pynetdicom's) pass every UID in a command
+    through, as this module's own reader does: on a UID it finds invalid (e.g. longer than 64 characters) it
+    would raise, and the association would be aborted with no answer, which a sender retries forever. The
+    door refuses such an instance with a named 0xC000 instead. Called by the association server when it is
+    built; pynetdicom's SCU (deliveries) sends UIDs this node made, which are valid either way."""
+    pynetdicom_config.VALIDATORS["UI"] = _any_uid
 
 
 class ProtocolError(Exception):
@@ -176,8 +194,8 @@ def store_command(command: bytes, context_id: int) -> _StoreCommand | None:
         sop_class, sop_instance = values[0x0002].rstrip(b"\x00 "), values[0x1000].rstrip(b"\x00 ")
     except (KeyError, ValueError):
         return None
-    if not (_UID.fullmatch(sop_class) and _UID.fullmatch(sop_instance)):
-        return None                                 # odd UIDs: pynetdicom's primitive says what they are
+    if not (_UID_TEXT.fullmatch(sop_class) and _UID_TEXT.fullmatch(sop_instance)):
+        return None                                 # empty, binary or huge: pynetdicom's primitive says what
     return _StoreCommand(context_id, message_id, sop_class.decode(), sop_instance.decode())
 
 

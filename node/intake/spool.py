@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import os
-import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +15,6 @@ from node.intake.uids import InstanceUIDs
 logger = logging.getLogger(__name__)
 
 _KNOWN_FOLDERS = 256
-LOCK_FILE = ".instance-locks"      # one byte-range lock per instance being written, across processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +28,7 @@ class Spool:
     """Owns the spool folder: each received instance as `<study>/<series>/<sop>.dcm`, whole or not at all,
     fsynced before the SCP may answer Success; refuses writes below the free-space floor."""
 
-    def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True, shared: bool = False) -> None:
+    def __init__(self, root: Path, min_free_bytes: int, *, sync: bool = True) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self._sync = sync
@@ -41,8 +36,6 @@ class Spool:
         self._lock = threading.Lock()
         self._writing: dict[Path, threading.Event] = {}   # instances being written now, by path
         make_dirs(root)
-        # shared (receiver processes write it too): the lock file, open for the process's life
-        self._locks = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if shared else None
 
     def path_for(self, uids: InstanceUIDs) -> Path:
         return self.root / uids.study_instance_uid / uids.series_instance_uid / f"{uids.sop_instance_uid}.dcm"
@@ -51,23 +44,11 @@ class Spool:
         """Make the instance durable. Raises SpoolFull below the free-space floor, OSError on I/O errors.
 
         Associations sending the same instance at once take turns: the second waits until the first write
-        has ended (a failed one takes its name back), then keeps that copy or writes its own. Threads of
-        this process take turns in `_writing`; on a shared spool, processes (receiver processes, the node)
-        also by a lock on one byte of the lock file, the byte the instance's path hashes to. It is an open
-        file description lock: a classic POSIX lock belongs to the whole process, and the kernel's deadlock
-        check then refuses (EDEADLK) a wait that is no deadlock, when two processes' threads each hold one
-        instance and wait for the other's."""
+        has ended (a failed one takes its name back), then keeps that copy or writes its own."""
         target = self.path_for(uids)
         done = self._turn(target)
         try:
-            if self._locks is None:
-                return self._write(target, data)
-            byte = _lock_byte(target)
-            _lock(self._locks, fcntl.F_WRLCK, byte)
-            try:
-                return self._write(target, data)
-            finally:
-                _lock(self._locks, fcntl.F_UNLCK, byte)
+            return self._write(target, data)
         finally:
             with self._lock:
                 del self._writing[target]
@@ -99,7 +80,7 @@ class Spool:
                     self._folders.pop(target.parent, None)
                 make_dirs(target.parent)
                 write_new(target, data, sync=self._sync)
-        except FileExistsError:                     # edge: written by another process
+        except FileExistsError:                     # edge: written by another program since the check
             return self._first_copy(target)
         return SpoolWrite(target, len(data), duplicate=False)
 
@@ -131,16 +112,3 @@ class Spool:
     def iter_instances(self) -> Iterator[Path]:
         yield from self.root.glob("*/*/*.dcm")
 
-
-def _lock_byte(target: Path) -> int:
-    """Where in the lock file `target`'s lock lies: a 62-bit hash of its path (the same in every process)."""
-    return int.from_bytes(hashlib.blake2b(os.fsencode(target), digest_size=8).digest()) & (2**62 - 1)
-
-
-_FLOCK = struct.Struct("hhxxxxqqi4x")      # struct flock on 64-bit Linux: type, whence, start, len, pid (0 for OFD)
-
-
-def _lock(fd: int, kind: int, byte: int) -> None:
-    """Take (F_WRLCK, waiting for it) or give back (F_UNLCK) the open file description lock on one byte."""
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if kind != fcntl.F_UNLCK else fcntl.F_OFD_SETLK,
-                _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))

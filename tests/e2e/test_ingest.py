@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless, RLELossless
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from node.synth.series import TRANSFER_SYNTAXES, SeriesIds, write_series
@@ -89,10 +89,8 @@ def test_kill_9_right_after_success_loses_nothing(start_node: Callable[..., Node
     assert len(node.spooled()) == 100
 
 
-@pytest.mark.parametrize("processes", ["0", "2"])
-def test_500_instances_over_4_parallel_associations(start_node: Callable[..., NodeProcess], tmp_path: Path,
-                                                    processes: str) -> None:
-    node = start_node(dicom__receiver_processes=processes)
+def test_500_instances_over_4_parallel_associations(start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    node = start_node()
     folders = []
     for study in range(2):
         paths = write_series(tmp_path / f"s{study}", slices=250, rows=64, ids=SeriesIds())
@@ -108,6 +106,25 @@ def test_500_instances_over_4_parallel_associations(start_node: Callable[..., No
     assert sorted(j["instance_count"] for j in jobs) == [250, 250]
     assert len(node.spooled()) == 500
     assert node.get("/api/health")["instances_received"] == 500
+
+
+def lenient_scanner_sends(port: int, datasets: list[Dataset]) -> list[Dataset]:
+    """A scanner that sends whatever UIDs its files hold: pynetdicom's SCU in this test process is told not to
+    judge them (its process-wide UID validator; the node under test runs in its own process)."""
+    saved = _config.VALIDATORS["UI"]
+    _config.VALIDATORS["UI"] = lambda _value: (True, "")
+    try:
+        ae = AE(ae_title="SCANNER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE", evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)])
+        assert assoc.is_established
+        try:
+            return [assoc.send_c_store(ds) for ds in datasets]
+        finally:
+            assoc.release()
+    finally:
+        _config.VALIDATORS["UI"] = saved
 
 
 def sending(port: int, paths: list[Path], acknowledged: list[str]) -> threading.Thread:
@@ -134,18 +151,14 @@ def sending(port: int, paths: list[Path], acknowledged: list[str]) -> threading.
     return t
 
 
-@pytest.mark.parametrize("processes", ["0", "2"])
 def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(start_node: Callable[..., NodeProcess],
-                                                                tmp_path: Path, processes: str) -> None:
-    node = start_node(dicom__study_quiet_period_s="30", dicom__receiver_processes=processes)
+                                                                tmp_path: Path) -> None:
+    node = start_node(dicom__study_quiet_period_s="30")
     acknowledged: list[str] = []
     t = sending(node.dicom_port, write_series(tmp_path / "ct", slices=300, rows=64), acknowledged)
     wait_until(lambda: len(acknowledged) >= 40, 30, "40 acknowledged instances")
-    receivers = node.receiver_pids()
-    assert len(receivers) == int(processes)
     assert node.kill(signal.SIGTERM) == 0
     t.join(30)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in receivers), "a receiver process outlived the node"
     assert 40 <= len(acknowledged) < 300, "the stop should have come mid-transfer"
     assert "segnode stopped" in node.log()
     node.start()
@@ -188,13 +201,10 @@ def test_orthanc_forwarding_a_study_is_received_whole(start_node: Callable[..., 
     assert len(node.spooled()) == 40
 
 
-def test_kill_9_of_the_node_mid_transfer_ends_its_receiver_processes_and_loses_nothing(
-        start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
-    """kill -9 of the main process while a receiver process is serving an association: the receiver
-    processes abort and exit (no orphan keeps the sender waiting), and every instance acknowledged before is
-    in the spool and the store after the restart."""
-    node = start_node(dicom__study_quiet_period_s="30", dicom__receiver_processes="2")
-    receivers = node.receiver_pids()
+def test_kill_9_of_the_node_mid_transfer_loses_nothing(start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    """kill -9 while an association is being served: the sender is cut off (not left waiting), and every
+    instance acknowledged before is in the spool and the store after the restart."""
+    node = start_node(dicom__study_quiet_period_s="30")
     acknowledged: list[str] = []
     t = sending(node.dicom_port, write_series(tmp_path / "ct", slices=300, rows=64), acknowledged)
     wait_until(lambda: len(acknowledged) >= 40, 30, "40 acknowledged instances")
@@ -202,37 +212,21 @@ def test_kill_9_of_the_node_mid_transfer_ends_its_receiver_processes_and_loses_n
     t.join(30)
     assert not t.is_alive(), "the sender was left waiting on an association nobody serves"
     assert 40 <= len(acknowledged) < 300, "the kill should have come mid-transfer"
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), 10,
-               "the receiver processes to exit after the node died")
     node.start()
     stored = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in node.spooled()}
     assert set(acknowledged) <= stored
     assert node.jobs("receiving")[0]["instance_count"] == len(stored)
 
 
-def test_a_receiver_process_killed_mid_transfer_is_replaced_and_loses_nothing(
+def test_a_93_character_sop_instance_uid_is_refused_by_name_in_the_node_s_own_process(
         start_node: Callable[..., NodeProcess], tmp_path: Path) -> None:
-    """kill -9 of the receiver processes mid-association: the sender's association is cut off, what they
-    acknowledged is stored and recorded, the node starts new ones and takes the whole series when resent."""
-    node = start_node(dicom__study_quiet_period_s="120", dicom__receiver_processes="2")
-    paths = write_series(tmp_path / "ct", slices=300, rows=64)
-    acknowledged: list[str] = []
-    t = sending(node.dicom_port, paths, acknowledged)
-    wait_until(lambda: len(acknowledged) >= 40, 30, "40 acknowledged instances")
-    killed = node.receiver_pids()
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
-    t.join(30)
-    assert 40 <= len(acknowledged) < 300, "the kill should have come mid-transfer"
-    stored = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in node.spooled()}
-    assert set(acknowledged) <= stored
-    assert node.get("/api/health")["instances_received"] >= len(acknowledged)
-    wait_until(lambda: node.get("/api/health")["dicom"]["receiver_processes_ready"] == 2, 30,
-               "two new receiver processes")
-    assert not set(node.receiver_pids()) & set(killed)
-    assert "ended with signal 9" in node.log()
-    result = storescu(node.dicom_port, paths)
-    assert result.returncode == 0, result.stderr
-    assert len(node.spooled()) == 300
-    assert node.get("/api/health")["instances_received"] == 300
-    assert [j["instance_count"] for j in node.jobs()] == [300], node.jobs()
+    """The node as `segnode serve` (its own interpreter: nothing a test imported decides for it) answers an
+    over-long UID in the C-STORE command with a named 0xC000, not an A-ABORT, and goes on with the next."""
+    node = start_node()
+    good, long_uid = write_series(tmp_path / "ct", slices=2, rows=64)
+    bad = dcmread(long_uid)
+    bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = "1.2." + "3" * 89
+    statuses = lenient_scanner_sends(node.dicom_port, [bad, dcmread(good)])
+    assert [(s.Status, s.get("ErrorComment")) for s in statuses] == [
+        (0xC000, "SOPInstanceUID is longer than 64 characters"), (0x0000, None)]
+    assert len(node.spooled()) == 1

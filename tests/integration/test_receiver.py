@@ -1,5 +1,5 @@
-"""The default receiver's upper layer (a thread per association) against raw sockets and a pynetdicom SCU: ARTIM,
-DIMSE and idle timeouts, peers that vanish mid-PDU or abort, oversized PDUs, PDU sizes; both receivers store alike."""
+"""The receiver's upper layer (a thread per association) against raw sockets and a pynetdicom SCU: ARTIM,
+DIMSE and idle timeouts, peers that vanish mid-PDU or abort, oversized PDUs, PDU sizes, the association limit."""
 
 from __future__ import annotations
 
@@ -19,31 +19,24 @@ from pynetdicom.sop_class import CTImageStorage
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
-from node.intake.receiver import ThreadedStorageSCP
 from tests.peers.helpers import wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
 
-TIMEOUTS = {"dicom__receiver": "threads", "dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
+TIMEOUTS = {"dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
             "dicom__network_timeout_s": "0.8"}
 
 
 async def started(tmp_path: Path, **settings: str) -> Node:
-    """A node on the given settings, with its receiver processes (if any) ready to take associations."""
     n = Node(node_settings(tmp_path, **settings))
     await n.start()
-    assert isinstance(n.scp, ThreadedStorageSCP)
-    pool = n.scp.pool
-    if pool is not None:
-        await asyncio.to_thread(wait_until, lambda: pool.ready_count() == n.settings.dicom.receiver_processes, 30,
-                                "the receiver processes")
     return n
 
 
-@pytest.fixture(params=["0", "2"], ids=["in-process", "receiver-processes"])
-async def quick_node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Node]:
-    """Short timeouts; the associations served by the node's own threads, or by two receiver processes."""
-    n = await started(tmp_path, **TIMEOUTS, dicom__receiver_processes=request.param)
+@pytest.fixture
+async def quick_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """Short timeouts."""
+    n = await started(tmp_path, **TIMEOUTS)
     try:
         yield n
     finally:
@@ -122,7 +115,7 @@ async def test_a_peer_vanishing_mid_pdu_leaves_the_node_serving(quick_node: Node
 
 
 async def test_a_pdu_above_the_limit_is_aborted(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, dicom__receiver="threads", dicom__max_pdu_bytes="4096"))
+    node = Node(node_settings(tmp_path, dicom__max_pdu_bytes="4096"))
     await node.start()
     try:
         sock = await asyncio.to_thread(established, node.scp.port)
@@ -145,7 +138,7 @@ async def test_an_sender_abort_keeps_what_was_acknowledged(quick_node: Node, ct_
 
 @pytest.mark.parametrize("max_pdu", ["4096", "16384", "1048576", "0"])
 async def test_every_pdu_size_stores_the_same_bytes(tmp_path: Path, ct_series: list[Dataset], max_pdu: str) -> None:
-    node = Node(node_settings(tmp_path, dicom__receiver="threads", dicom__max_pdu_bytes=max_pdu))
+    node = Node(node_settings(tmp_path, dicom__max_pdu_bytes=max_pdu))
     await node.start()
     try:
         assert {s.Status for s in await send(node, ct_series[:3])} == {StoreStatus.SUCCESS}
@@ -155,10 +148,8 @@ async def test_every_pdu_size_stores_the_same_bytes(tmp_path: Path, ct_series: l
     assert len(stored) == 3
 
 
-@pytest.mark.parametrize("receiver", ["threads", "pynetdicom"])
-async def test_both_receivers_store_refuse_and_echo_alike(tmp_path: Path, ct_series: list[Dataset],
-                                                          receiver: str) -> None:
-    node = Node(node_settings(tmp_path, dicom__receiver=receiver))
+async def test_one_association_stores_refuses_and_echoes(tmp_path: Path, ct_series: list[Dataset]) -> None:
+    node = Node(node_settings(tmp_path))
     await node.start()
     try:
         bad = Dataset()
@@ -248,11 +239,10 @@ async def test_an_association_idle_between_messages_waits_the_network_timeout_no
         await n.stop()
 
 
-async def test_max_associations_counts_the_associations_of_every_receiver_process(tmp_path: Path) -> None:
-    """Two receiver processes, max_associations 2: the third association is rejected (transient, local limit)
-    wherever it lands, and is accepted again once one of the two has ended."""
-    node = await started(tmp_path, **{**TIMEOUTS, "dicom__network_timeout_s": "30"}, dicom__receiver_processes="2",
-                         dicom__max_associations="2")
+async def test_max_associations_rejects_the_next_until_one_has_ended(tmp_path: Path) -> None:
+    """max_associations 2: the third association is rejected (transient, local limit), and is accepted again
+    once one of the two has ended."""
+    node = await started(tmp_path, **{**TIMEOUTS, "dicom__network_timeout_s": "30"}, dicom__max_associations="2")
     try:
         port = node.scp.port if node.scp else 0
         first, second = [await asyncio.to_thread(established, port) for _ in range(2)]

@@ -15,8 +15,7 @@ from pydicom.uid import generate_uid
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
-from node.intake.receiver import ThreadedStorageSCP
-from tests.peers.helpers import async_wait_until, wait_until
+from tests.peers.helpers import async_wait_until
 from tests.peers.postgres import PostgresServer
 from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.peers.settings import node_settings
@@ -72,19 +71,13 @@ class PacedSender:
             assoc.release()
 
 
-@pytest.mark.parametrize("processes", ["0", "2"], ids=["in-process", "receiver-processes"])
 async def test_a_database_restart_while_studies_arrive_loses_nothing_and_the_node_recovers(
         tmp_path: Path, ct_series: list[Dataset], own_postgres: PostgresServer,
-        caplog: pytest.LogCaptureFixture, processes: str) -> None:
-    """The rows of associations served by receiver processes too: the main process commits them, and
-    answers the receiver process with the failure while the database is down."""
+        caplog: pytest.LogCaptureFixture) -> None:
     node = Node(node_settings(tmp_path, store__url=own_postgres.new_database(), dicom__study_quiet_period_s="2",
-                              dicom__record_timeout_s="5", dicom__receiver_processes=processes))
+                              dicom__record_timeout_s="5"))
     await node.start()
     try:
-        pool = node.scp.pool if isinstance(node.scp, ThreadedStorageSCP) else None
-        if pool is not None:
-            await asyncio.to_thread(wait_until, lambda: pool.ready_count() == 2, 30, "the receiver processes")
         complete = ct_series                                   # all sent before the outage: routed after it
         assert {s.Status for s in await send(node, complete)} == {StoreStatus.SUCCESS}
         arriving = _another_study(ct_series)                   # sent across the outage

@@ -16,8 +16,9 @@ from tests.peers.helpers import REPO, free_port, wait_until
 
 
 class NodeProcess:
-    def __init__(self, workdir: Path, config: str | None = None, **settings: str) -> None:
+    def __init__(self, workdir: Path, config: str | None = None, *, repo: Path = REPO, **settings: str) -> None:
         self.workdir = workdir
+        self.repo = repo                      # the checkout whose node runs (bench: another commit's worktree)
         self.config = config
         self.data_dir = workdir / "data"
         self.dicom_port = free_port()
@@ -38,7 +39,7 @@ class NodeProcess:
             cfg.write_text(self.config)
             args += ["--config", str(cfg)]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, cwd=REPO, env=self.env,
+            self.proc = subprocess.Popen(args, cwd=self.repo, env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
@@ -48,14 +49,9 @@ class NodeProcess:
                 dicom = self.get("/api/health")["dicom"]
             except (OSError, urllib.error.URLError):
                 return False
-            return bool(dicom["listening"]) and dicom["receiver_processes_ready"] == dicom["receiver_processes"]
+            return bool(dicom["listening"])
         wait_until(ready, timeout_s, "segnode to answer /api/health", interval_s=0.1)
         return self
-
-    def receiver_pids(self) -> list[int]:
-        """The node's receiver processes now running ([dicom] receiver_processes)."""
-        assert self.proc is not None
-        return receiver_pids(self.proc.pid)
 
     def get(self, path: str) -> Any:
         try:
@@ -93,16 +89,3 @@ class NodeProcess:
             self.kill(signal.SIGTERM)
         self.proc = None
 
-
-def receiver_pids(pid: int) -> list[int]:
-    """The running receiver processes whose parent is `pid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and b"node.intake.receiver_process" in cmdline:
-            found.append(int(stat.parent.name))
-    return found

@@ -110,4 +110,4 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     """The check itself: an arrow against the flow (jobs -> intake) is reported."""
     assert not allowed("node.jobs.store", "node.intake.spool")
     assert not allowed("viewer_api.views", "node.jobs.store")
-    assert allowed("node.intake.scp", "node.jobs.store")
+    assert allowed("node.intake.receiver", "node.jobs.store")

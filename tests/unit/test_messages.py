@@ -3,9 +3,15 @@ pynetdicom's decoder gives, for messages encoded by pynetdicom's own encoder; an
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
+from pathlib import Path
 
 import pytest
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
@@ -14,6 +20,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from node.intake import messages
 from node.intake.messages import Incoming, ProtocolError, StoreRQ, feed
 
+REPO = Path(__file__).resolve().parents[2]
 CT = "1.2.840.10008.5.1.4.1.1.2"
 DATASET = bytes(range(256)) * 300                   # 76.8 KB: several fragments at most PDU sizes
 
@@ -66,13 +73,79 @@ def test_a_plain_c_store_is_read_as_pynetdicom_reads_it(max_pdu: int, extra: dic
     assert message.dataset == DATASET and message.message_id == 7
 
 
-@pytest.mark.parametrize("instance", [None, "1.2." + "3" * 89, "1.2.3a"])
-def test_an_unusual_instance_uid_is_left_to_pynetdicom(instance: str | None) -> None:
-    sent = bodies(store_rq(instance=instance), 1, 16384)
+@contextmanager
+def sending_any_uid() -> Iterator[None]:
+    """The hostile sender's side: pynetdicom's encoder in this test process is told not to judge UIDs while the
+    message is built (a process-wide setting of pynetdicom's, put back after)."""
+    saved = pynetdicom_config.VALIDATORS["UI"]
+    pynetdicom_config.VALIDATORS["UI"] = lambda _value: (True, "")
+    try:
+        yield
+    finally:
+        pynetdicom_config.VALIDATORS["UI"] = saved
+
+
+@pytest.mark.parametrize("instance", ["1.2." + "3" * 89, "1.2.3a", "1.2.3 4"])
+def test_an_unfit_instance_uid_is_passed_on_as_sent_for_the_door_to_refuse(instance: str) -> None:
+    with sending_any_uid():
+        sent = bodies(store_rq(instance=instance), 1, 16384)
+    [(_cx, message)] = received(sent)
+    assert isinstance(message, StoreRQ) and message.sop_instance_uid == instance
+
+
+def test_a_c_store_without_an_instance_uid_is_left_to_pynetdicom() -> None:
+    sent = bodies(store_rq(instance=None), 1, 16384)
     [(_cx, message)] = received(sent)
     assert isinstance(message, C_STORE)                  # pynetdicom's primitive, as before
     assert StoreRQ.from_primitive(message) == pynetdicom_decoded(sent)
-    assert StoreRQ.from_primitive(message).sop_instance_uid == instance
+    assert StoreRQ.from_primitive(message).sop_instance_uid is None
+
+
+_FRESH_INTERPRETER = """
+import sys
+from io import BytesIO
+from pynetdicom import _config
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+default = _config.VALIDATORS["UI"]
+_config.VALIDATORS["UI"] = lambda _value: (True, "")     # the sender's side
+rq = C_STORE()
+rq.MessageID, rq.AffectedSOPClassUID, rq.Priority = 1, "1.2.840.10008.5.1.4.1.1.2", 0
+rq.AffectedSOPInstanceUID, rq.DataSet = "1.2." + "3" * 89, BytesIO(b"\\x00" * 8)
+message = C_STORE_RQ()
+message.primitive_to_message(rq)
+pdvs = [pdv for p in message.encode_msg(1, 16384) for pdv in p.presentation_data_value_list]
+_config.VALIDATORS["UI"] = default
+
+def decoded():
+    decoder = DIMSEMessage()
+    for pdv in pdvs:
+        p = P_DATA()
+        p.presentation_data_value_list = [list(pdv)]
+        if decoder.decode_msg(p):
+            return decoder.message_to_primitive().AffectedSOPInstanceUID
+import node.app                                          # importing the node decides nothing
+assert _config.VALIDATORS["UI"] is default, "an import changed pynetdicom's UID validator"
+try:
+    decoded()
+except ValueError:
+    pass
+else:
+    sys.exit("pynetdicom's decoder took a 93-character UID before the node said so")
+from node.intake.messages import let_the_door_judge_uids
+let_the_door_judge_uids()
+assert decoded() == "1.2." + "3" * 89
+"""
+
+
+def test_only_the_named_call_lets_pynetdicom_s_decoder_pass_any_uid_and_no_import_does() -> None:
+    """In a fresh interpreter (this test process has built association servers already): importing the node
+    leaves pynetdicom's validator alone; `let_the_door_judge_uids()` is what lets a command it decodes carry an
+    over-long UID to the door instead of an abort."""
+    result = subprocess.run([sys.executable, "-c", _FRESH_INTERPRETER], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_an_echo_between_stores_is_pynetdicom_s_and_the_next_store_is_read_again() -> None:

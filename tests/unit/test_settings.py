@@ -50,11 +50,8 @@ def test_every_default_is_written_in_the_defaults_file() -> None:
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray-head"}, "[compute] ray_address must be the Ray head's \"host:port\""),
     ({"SEGNODE_COMPUTE__RAY_ADDRESS": "ray://head:10001"}, "is a Ray Client address, which Segnode does not use"),
     ({"SEGNODE_NOPE__X": "1"}, "unknown section [nope]"),
-    ({"SEGNODE_DICOM__RECEIVER": "twisted"}, "[dicom] receiver must be one of threads, pynetdicom, got 'twisted'"),
-    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "65"}, "[dicom] receiver_processes must be 0-64, got 65"),
-    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "-1"}, "[dicom] receiver_processes must be 0-64, got -1"),
-    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "2", "SEGNODE_DICOM__RECEIVER": "pynetdicom"},
-     "[dicom] receiver_processes needs receiver = \"threads\""),
+    ({"SEGNODE_DICOM__RECEIVER": "pynetdicom"}, "[dicom] receiver: the node has one receiver since 2026-12"),
+    ({"SEGNODE_DICOM__RECEIVER_PROCESSES": "2"}, "[dicom] receiver_processes: receiver processes were removed"),
 ])
 def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -62,9 +59,11 @@ def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(env: dict[str, 
     assert message in str(info.value)
 
 
-def test_the_former_name_of_the_default_receiver_still_selects_it() -> None:
-    assert load_settings(env={"SEGNODE_DICOM__RECEIVER": "asyncio"}).dicom.receiver == "threads"
-    assert load_settings(env={}).dicom.receiver == "threads"
+def test_a_config_file_with_a_removed_key_says_what_became_of_it(tmp_path: Path) -> None:
+    config = tmp_path / "segnode.toml"
+    config.write_text('[dicom]\nreceiver = "threads"\n')
+    with pytest.raises(ConfigError, match=r"^\[dicom\] receiver: the node has one receiver .*delete the line$"):
+        load_settings(config, env={})
 
 
 def test_rules_in_a_config_file_replace_the_default_rules(tmp_path: Path) -> None:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from node import fsutil
-from node.intake.spool import LOCK_FILE, Spool, _lock, _lock_byte
+from node.intake.spool import Spool
 from node.intake.uids import InstanceUIDs
 
 DATA = bytes(range(256)) * 517            # 132 KB, not a multiple of any block size
@@ -151,60 +148,3 @@ def test_the_same_instance_from_two_associations_at_once_is_never_answered_from_
     writer.join(timeout=5)
     assert len(failures) == 1                                  # the first was answered with a failure
     assert answered.path.read_bytes() == DATA                  # the second's answer stands on a file on disk
-
-
-def test_an_instance_another_process_is_writing_waits_for_that_write_to_end(tmp_path: Path) -> None:
-    """Receiver processes take turns per instance too: while another process holds the instance's lock (it is
-    writing it), this one's write waits; once that process is done, the write goes ahead."""
-    spool = Spool(tmp_path / "spool", min_free_bytes=0, shared=True)
-    target = spool.path_for(uids(1))
-    holder = lock_holder(tmp_path / "spool" / LOCK_FILE, _lock_byte(target))
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked 1"
-        writer = threading.Thread(target=spool.write_instance, args=(uids(1), DATA))
-        writer.start()
-        writer.join(0.5)
-        assert writer.is_alive() and not target.exists(), "wrote while another process held the instance"
-        assert spool.write_instance(uids(2), DATA).path.exists()    # another instance is not held up
-    finally:
-        holder.communicate("\n", timeout=10)
-    writer.join(5)
-    assert not writer.is_alive() and target.read_bytes() == DATA
-
-
-def lock_holder(lock_file: Path, *byte: int) -> subprocess.Popen[str]:
-    """Another process that takes the spool's instance lock on each byte in turn (printing "locked N" after
-    the Nth, or the error), then holds them until a line arrives on its stdin."""
-    return subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys\nfrom node.intake.spool import _lock\n"
-         f"fd = os.open({str(lock_file)!r}, os.O_RDWR)\n"
-         f"for n, byte in enumerate({list(byte)!r}, 1):\n"
-         "    try:\n        _lock(fd, fcntl.F_WRLCK, byte)\n"
-         "    except OSError as exc:\n        print('error', exc.errno, flush=True)\n        sys.exit(1)\n"
-         "    print('locked', n, flush=True)\n"
-         "sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-
-def test_two_processes_each_waiting_for_an_instance_the_other_holds_is_no_deadlock(tmp_path: Path) -> None:
-    """This process writes instance X while another of its threads waits for Y, which a second process holds
-    while it waits for X: that only waits (X's write ends, then everyone goes on). With a classic POSIX lock,
-    owned by the whole process, the kernel's deadlock check refused the last of those waits (EDEADLK), and a
-    sender got "spool not writable" for nothing."""
-    spool = Spool(tmp_path / "spool", min_free_bytes=0, shared=True)
-    fd, x, y = spool._locks, 1, 2
-    assert fd is not None
-    _lock(fd, fcntl.F_WRLCK, x)                                    # thread A: writing X
-    holder = lock_holder(tmp_path / "spool" / LOCK_FILE, y, x)      # holds Y, then waits for X
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked 1"
-        waiting = threading.Thread(target=_lock, args=(fd, fcntl.F_WRLCK, y))   # thread B: waits for Y
-        waiting.start()
-        waiting.join(0.3)
-        assert waiting.is_alive()
-        _lock(fd, fcntl.F_UNLCK, x)                                # X's write ends
-        assert holder.stdout.readline().strip() == "locked 2"       # the other process got X: no EDEADLK
-    finally:
-        holder.communicate("\n", timeout=10)
-    waiting.join(5)
-    assert not waiting.is_alive()                                  # and thread B got Y once it let go
