@@ -1,8 +1,7 @@
 """One job's work, the same wherever it runs: load the series, segment, measure, write the results.
 
-JobPipeline is synchronous and runs in a model process (node/compute/process.py), on an executor
-thread (node/compute/local.py) or inside a Ray actor (node/compute/ray_backend.py); the Worker sees
-each through the Backend Protocol.
+JobPipeline is synchronous and runs in a model process of the node (node/compute/process.py, the default)
+or inside a Ray actor (node/compute/ray_backend.py); the Worker sees either through the Backend Protocol.
 """
 
 from __future__ import annotations
@@ -17,15 +16,14 @@ import torch
 
 from ai.registry import ModelRegistry
 from ai.segmenter import ModelCard
-from node.compute.series import SeriesResult, segment_series
+from node.compute.series import Progress, SeriesResult, segment_series
 from node.jobs.records import JobResults, JobView
 
-Progress = Callable[[float, str], None]
 ResultWriter = Callable[[JobView, Path, list[SeriesResult], ModelCard], JobResults]
 
 
 class Requeue(Exception):
-    """The job could not run here for a reason that is not the job's fault (a Ray actor died)."""
+    """The job could not run here for a reason that is not the job's fault (its model process or Ray actor died)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +39,7 @@ def ready_detail(results: list[SeriesResult], seconds: float) -> str:
 
 
 class JobPipeline:
-    """Model + series -> results on disk. Synchronous; runs in a model process, on a thread or in an actor."""
+    """Model + series -> results on disk. Synchronous; runs in a model process or in a Ray actor."""
 
     def __init__(self, registry: ModelRegistry, writers: Sequence[ResultWriter], max_job_memory_mb: int = 0) -> None:
         self.registry = registry
@@ -70,7 +68,8 @@ class JobPipeline:
 
 
 class Backend(Protocol):
-    """Where jobs run: LocalBackend (this process) or RayBackend (Ray actors); the Worker depends on this."""
+    """Where jobs run: ProcessBackend (model processes of this node) or RayBackend (Ray actors); the Worker
+    depends on this."""
 
     device: torch.device
 

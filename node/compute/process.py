@@ -31,6 +31,7 @@ from ai.device import choose_device
 from ai.registry import ModelRegistry
 from node.compute.memory import return_freed_memory_promptly
 from node.compute.pipeline import JobPipeline, Outcome, Progress, Requeue, ResultWriter
+from node.compute.slots import FreeSlots
 from node.jobs.records import JobView
 
 logger = logging.getLogger(__name__)
@@ -124,10 +125,6 @@ class ModelProcess:
         self._conn: Connection | None = None
         self._closed = False
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def start(self) -> None:
         ours, theirs = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(target=serve, args=(theirs, self._spec, os.getpid()),
@@ -185,28 +182,19 @@ class ModelProcess:
 
 
 class ProcessBackend:
-    """The local backend: jobs run in `workers` model processes, one job each at a time."""
+    """The default backend ([compute] backend = "local"): jobs run in `workers` model processes of this
+    node, one job each at a time."""
 
     def __init__(self, spec: ModelProcessSpec, workers: int) -> None:
         self.device = choose_device(spec.device)
+        self._slots = FreeSlots(workers)
         self.processes = [ModelProcess(spec, slot) for slot in range(workers)]
         for p in self.processes:
             p.start()
-        self._free: asyncio.Queue[ModelProcess] | None = None
-
-    def pids(self) -> list[int | None]:
-        return [p.pid for p in self.processes]
 
     async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for p in self.processes:
-                self._free.put_nowait(p)
-        proc = await self._free.get()
-        try:
-            return await asyncio.to_thread(proc.run_job, job, inputs, folder, progress)
-        finally:
-            self._free.put_nowait(proc)
+        async with self._slots.hold() as slot:
+            return await asyncio.to_thread(self.processes[slot].run_job, job, inputs, folder, progress)
 
     def placement(self) -> str:
         n = len(self.processes)

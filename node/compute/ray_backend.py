@@ -20,6 +20,7 @@ from ai.device import choose_device
 from ai.registry import ModelRegistry
 from node.compute.memory import return_freed_memory_promptly
 from node.compute.pipeline import JobPipeline, Outcome, Progress, Requeue, ResultWriter
+from node.compute.slots import FreeSlots
 from node.errors import ComputeUnavailable
 from node.fsutil import make_dirs, write_atomic
 from node.jobs.records import JobView
@@ -93,34 +94,23 @@ class RayBackend:
                 raise ComputeUnavailable(f"{'the Ray cluster at ' + address if address else 'the local Ray'} has no "
                                          f"GPU for an actor of {gpus_per_actor:g} GPU(s); set [compute] workers")
         self.actors = [self._cls.remote(*self._args) for _ in range(actors)]
-        self._free: asyncio.Queue[Any] | None = None
+        self._slots = FreeSlots(actors)
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         self._placement = (f"{where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs): "
                            f"{actors} actor(s) of {cpus_per_actor} CPU(s), {gpus_per_actor:g} GPU(s)")
         logger.info("inference on %s", self._placement)
 
-    async def _pool(self) -> asyncio.Queue[Any]:
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for a in self.actors:
-                self._free.put_nowait(a)
-        return self._free
-
     async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
-        pool = await self._pool()
-        actor = await pool.get()
-        try:
-            payload = await asyncio.to_thread(lambda: {uid: [Path(p).read_bytes() for p in paths]
-                                                       for uid, paths in inputs.items()})
-            progress(0.05, "sent to a Ray actor")
-            outcome, files = await actor.process.remote(job, payload)
-        except self._ray.exceptions.RayActorError as exc:
-            logger.warning("job %s: Ray actor died (%s); starting a new one", job.id, type(exc).__name__)
-            idx = self.actors.index(actor)
-            actor = self.actors[idx] = self._cls.remote(*self._args)
-            raise Requeue(f"the Ray actor running it died ({type(exc).__name__})") from None
-        finally:
-            pool.put_nowait(actor)
+        async with self._slots.hold() as slot:
+            try:
+                payload = await asyncio.to_thread(lambda: {uid: [Path(p).read_bytes() for p in paths]
+                                                           for uid, paths in inputs.items()})
+                progress(0.05, "sent to a Ray actor")
+                outcome, files = await self.actors[slot].process.remote(job, payload)
+            except self._ray.exceptions.RayActorError as exc:
+                logger.warning("job %s: Ray actor died (%s); starting a new one", job.id, type(exc).__name__)
+                self.actors[slot] = self._cls.remote(*self._args)
+                raise Requeue(f"the Ray actor running it died ({type(exc).__name__})") from None
         make_dirs(folder)
         for name, data in files.items():
             await asyncio.to_thread(write_atomic, folder / name, data)

@@ -1,4 +1,5 @@
-"""One job's inference, run in the executor: read the series, build volumes, segment, measure."""
+"""One series' part of a job, run by the JobPipeline in a model process or Ray actor: read the series, build
+its volume, segment, measure."""
 
 from __future__ import annotations
 

@@ -63,7 +63,6 @@ class Worker:
         self._poll_s = poll_s
         self._max_attempts = max_attempts
         self.inference_seconds = 0.0
-        self.jobs_finished = 0
 
     async def run(self) -> None:
         bell = self._store.bus.doorbell()
@@ -123,7 +122,6 @@ class Worker:
         await self._store.advance(job.id, JobState.SENDING, outcome.detail)
         if not job.destinations:
             await self._store.advance(job.id, JobState.DONE, NO_DESTINATION)
-        self.jobs_finished += 1
 
     async def _requeue(self, job: JobView, reason: str) -> None:
         """Back to the queue after a lost run (a dead model process or Ray actor), or failed after the last one."""

@@ -29,8 +29,4 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.IGNORED: frozenset(),
 }
 
-
-def can_move(src: JobState | str, dst: JobState | str) -> bool:
-    return JobState(dst) in ALLOWED[JobState(src)]
-
 NO_DESTINATION = "no destination configured: results kept in the outbox"    # the detail of such a job's `done`

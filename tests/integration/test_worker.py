@@ -10,16 +10,12 @@ import pytest
 import torch
 from pydicom.uid import generate_uid
 
-from ai.segmenter import MemoryProfile, ModelCard
-from ai.volume import Volume
 from node.app import Node
-from node.compute.local import LocalBackend
-from node.compute.pipeline import JobPipeline
+from node.compute.pipeline import Outcome, Progress
 from node.compute.worker import Worker
-from node.jobs.records import InstanceRecord
+from node.jobs.records import InstanceRecord, JobView
 from node.jobs.routing import Rule, route
 from node.jobs.store import JobStore
-from node.results.basic import write_basic_results
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.scu import final_job, send
@@ -115,22 +111,19 @@ async def test_the_node_keeps_working_after_a_failed_job(wnode: Node) -> None:
     assert (await final_job(wnode, good[0].StudyInstanceUID)).state == "done"
 
 
-class OomSegmenter:
-    card = ModelCard(name="oom", version="1", description="", modalities=(), labels=(
-        __import__("ai.ct_basic", fromlist=["CT_BASIC_CARD"]).CT_BASIC_CARD.labels))
+class OomBackend:
+    """A Backend whose GPU runs out of memory on every job, as torch reports it."""
 
-    def predict(self, volume: Volume, progress=None) -> np.ndarray:
+    device = torch.device("cuda")
+
+    async def run(self, job: JobView, inputs: dict[str, list[str]], folder: Path, progress: Progress) -> Outcome:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    def memory_profile(self, spacing_mm: tuple[float, float, float]) -> MemoryProfile:
-        return MemoryProfile()
+    async def close(self) -> None:
+        return None
 
-
-class FakeRegistry:
-    device = torch.device("cpu")
-
-    def get(self, name: str) -> OomSegmenter:
-        return OomSegmenter()
+    def placement(self) -> str:
+        return "nowhere: a test backend"
 
 
 async def test_cuda_out_of_memory_fails_the_job_with_advice(tmp_path: Path, ct_files: list[Path]) -> None:
@@ -146,10 +139,7 @@ async def test_cuda_out_of_memory_fails_the_job_with_advice(tmp_path: Path, ct_f
         series = await store.series_of_intake(intake)
         await store.route_intake(intake, route(series, [Rule(name="any", model="oom")]), series)
         job, _ = await store.claim_next()
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(1) as ex:
-            backend = LocalBackend(JobPipeline(FakeRegistry(), [write_basic_results]), ex)  # type: ignore[arg-type]
-            await Worker(store, backend, tmp_path / "results").process(job)
+        await Worker(store, OomBackend(), tmp_path / "results").process(job)
         done = await store.get(intake)
         assert done.state == "failed" and "GPU ran out of memory" in done.detail
     finally:
