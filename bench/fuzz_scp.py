@@ -20,13 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from bench.common import write_result
-from node.app import Node
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets, write_datasets
 from tests.peers.mutants import decodable, mutants
 from tests.peers.orthanc import OrthancProcess
 from tests.peers.scu import send_files_to
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 ACKNOWLEDGED = {0x0000, 0xB000, 0xB007, 0xB006}
 
@@ -39,15 +38,11 @@ def tally(paths: list[Path], statuses: list, seconds: float) -> dict[str, float]
 
 
 async def segnode_run(paths: list[Path], workdir: Path) -> dict[str, float]:
-    node = Node(node_settings(workdir, DICOM__STUDY_QUIET_PERIOD_S="3600"))
-    await node.start()
-    try:
+    async with running_node(workdir, DICOM__STUDY_QUIET_PERIOD_S="3600") as node:
         assert node.scp is not None
         started = time.perf_counter()
         statuses = await asyncio.to_thread(send_files_to, node.scp.port, paths, "SEGNODE", "SCANNER", 2)
         return tally(paths, statuses, time.perf_counter() - started)
-    finally:
-        await node.stop()
 
 
 def orthanc_run(paths: list[Path], workdir: Path) -> dict[str, float]:

@@ -28,10 +28,9 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_result
-from node.app import Node
 from node.jobs.records import InstanceRecord
 from node.jobs.states import JobState
-from node.settings import load_settings
+from tests.support import running_node
 
 IDLE_S = 30.0       # a client that hears nothing for this long stops listening (the run is over or stuck)
 
@@ -122,36 +121,31 @@ async def bare_run(n_clients: int, n_events: int, per_study: bool = False) -> tu
 
 async def node_run(n_clients: int, n_events: int, per_study: bool = False) -> tuple[list[float], int, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(env={"SEGNODE_NODE__DATA_DIR": tmp, "SEGNODE_DICOM__PORT": "0",
-                                      "SEGNODE_HTTP__PORT": "0", "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1",
-                                      "SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "3600",
-                                      "SEGNODE_HTTP__WS_QUEUE_SIZE": str(n_events + 10)})
-        node = Node(settings)
-        await node.start()
-        store = node.store
-        assert store is not None
-        studies = [study_uid(i) for i in range(n_clients if per_study else 1)]
-        for i, study in enumerate(studies):          # one job per study, each taking instance i
-            await store.record_instance(InstanceRecord(f"{study}.1.1", study, f"{study}.1",
-                                                       "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1",
-                                                       f"/x{i}", 1, "BENCH"))
-        job_of = {j.study_instance_uid: j.id for j in await store.list_jobs(limit=len(studies))}
-        if not per_study:
-            await store.transition(job_of[studies[0]], JobState.QUEUED)
-            await store.claim_next()
-        ready.clear()
-        base = f"http://127.0.0.1:{node.http_port}/ws/jobs"
-        urls = [f"{base}?study={s}" for s in studies] if per_study else [base] * n_clients
-        receiving = asyncio.create_task(clients_receive(urls, n_events // n_clients if per_study else n_events,
-                                                        True))
-        await ready.wait()
-        t0 = time.perf_counter()
-        for i in range(n_events):
-            # a real job event: written to the store, which publishes it (the detail carries the send time)
-            await store.progress(job_of[studies[i % len(studies)]], i / n_events, repr(time.perf_counter()))
-        latencies, lost, closed = await receiving
-        total = time.perf_counter() - t0
-        await node.stop()
+        async with running_node(Path(tmp), dicom__study_quiet_period_s="3600",
+                                http__ws_queue_size=str(n_events + 10)) as node:
+            store = node.store
+            assert store is not None
+            studies = [study_uid(i) for i in range(n_clients if per_study else 1)]
+            for i, study in enumerate(studies):          # one job per study, each taking instance i
+                await store.record_instance(InstanceRecord(f"{study}.1.1", study, f"{study}.1",
+                                                           "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1",
+                                                           f"/x{i}", 1, "BENCH"))
+            job_of = {j.study_instance_uid: j.id for j in await store.list_jobs(limit=len(studies))}
+            if not per_study:
+                await store.transition(job_of[studies[0]], JobState.QUEUED)
+                await store.claim_next()
+            ready.clear()
+            base = f"http://127.0.0.1:{node.http_port}/ws/jobs"
+            urls = [f"{base}?study={s}" for s in studies] if per_study else [base] * n_clients
+            receiving = asyncio.create_task(clients_receive(urls, n_events // n_clients if per_study else n_events,
+                                                            True))
+            await ready.wait()
+            t0 = time.perf_counter()
+            for i in range(n_events):
+                # a real job event: written to the store, which publishes it (the detail carries the send time)
+                await store.progress(job_of[studies[i % len(studies)]], i / n_events, repr(time.perf_counter()))
+            latencies, lost, closed = await receiving
+            total = time.perf_counter() - t0
 
     return latencies, lost, closed, total
 

@@ -16,7 +16,7 @@ from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
 from tests.peers.bundles import build_bundle, build_threshold_bundle
 from tests.peers.postgres import PostgresServer
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 # Diagnostics for a hung run (pytest captures fd 2, so they go to a file): `kill -USR2 <pytest pid>` writes
 # every thread's stack, `kill -USR1` every asyncio task's, to $TMPDIR/segnode-pytest-stacks.txt (one file,
@@ -61,23 +61,15 @@ def ct_files(tmp_path: Path, ct_series: list[Dataset]) -> list[Path]:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(node_settings(tmp_path))
-    await n.start()
-    try:
+    async with running_node(tmp_path) as n:
         yield n
-    finally:
-        await n.stop()
 
 
 @pytest.fixture
 async def store_node(tmp_path: Path, store_url: str) -> AsyncIterator[Node]:
     """A started Node on each job-store backend in turn (SQLite, PostgreSQL)."""
-    n = Node(node_settings(tmp_path, store__url=store_url))
-    await n.start()
-    try:
+    async with running_node(tmp_path, store__url=store_url) as n:
         yield n
-    finally:
-        await n.stop()
 
 
 @pytest.fixture(scope="session")

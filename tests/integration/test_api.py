@@ -18,6 +18,7 @@ from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import send
 from tests.peers.settings import node_settings
+from tests.support import running_node
 
 ADMIN, VIEWER = "admin=" + "a" * 24, "viewer=" + "v" * 24
 
@@ -26,11 +27,9 @@ ADMIN, VIEWER = "admin=" + "a" * 24, "viewer=" + "v" * 24
 async def api(tmp_path: Path, request: pytest.FixtureRequest):
     """A node and an HTTP session to it; a test may ask for the PostgreSQL store (indirect "postgresql")."""
     url = request.getfixturevalue("postgres").new_database() if getattr(request, "param", "") == "postgresql" else ""
-    n = Node(node_settings(tmp_path, store__url=url))
-    await n.start()
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{n.http_port}") as http:
+    async with (running_node(tmp_path, store__url=url) as n,
+                aiohttp.ClientSession(f"http://127.0.0.1:{n.http_port}") as http):
         yield n, http
-    await n.stop()
 
 
 async def receive_until(ws: aiohttp.ClientWebSocketResponse, done, timeout_s: float = 30) -> list[dict]:
@@ -88,22 +87,18 @@ async def _state(node: Node, job_id: str, state: str) -> bool:
 
 
 async def test_a_slow_client_gets_resync_and_is_closed(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, http__ws_queue_size="2"))
-    await node.start()
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{node.http_port}/ws/jobs") as ws:
-            head = (await ws.receive()).json()["seq"]
-            now = datetime.now(UTC)
-            node.bus.publish([JobEvent(head + i, "j", "1.2", "running", 0.1, "x", now) for i in range(1, 10)])
-            msg = (await ws.receive()).json()
-            assert msg == {"type": "resync", "seq": head}
-            assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-    finally:
-        await node.stop()
+    async with (running_node(tmp_path, http__ws_queue_size="2") as node, aiohttp.ClientSession() as http,
+                http.ws_connect(f"http://127.0.0.1:{node.http_port}/ws/jobs") as ws):
+        head = (await ws.receive()).json()["seq"]
+        now = datetime.now(UTC)
+        node.bus.publish([JobEvent(head + i, "j", "1.2", "running", 0.1, "x", now) for i in range(1, 10)])
+        msg = (await ws.receive()).json()
+        assert msg == {"type": "resync", "seq": head}
+        assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
 async def test_sockets_are_closed_with_going_away_on_shutdown(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path))
+    node = Node(node_settings(tmp_path))            # not running_node: the test calls stop() and watches it
     await node.start()
     async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{node.http_port}/ws/jobs") as ws:
         await ws.receive()
@@ -131,27 +126,21 @@ async def test_retry_cancel_download_and_audit(api) -> None:
 
 
 async def test_cancel_a_study_still_receiving(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, dicom__study_quiet_period_s="60"))
-    await node.start()
-    try:
+    async with running_node(tmp_path, dicom__study_quiet_period_s="60") as node:
         await send(node, series())
         job = (await node.store.list_jobs())[0]
         async with aiohttp.ClientSession() as http:
             rsp = await http.post(f"http://127.0.0.1:{node.http_port}/api/jobs/{job.id}/cancel")
             assert rsp.status == 200 and (await rsp.json())["state"] == "cancelled"
-    finally:
-        await node.stop()
 
 
 async def test_tokens_roles_phi_and_cors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    node = Node(node_settings(tmp_path, http__admin_tokens=ADMIN, http__viewer_tokens=VIEWER,
-                              http__cors_origins="http://viewer.example:3000", dicom__study_quiet_period_s="60"))
-    await node.start()
-    base = f"http://127.0.0.1:{node.http_port}"
-    admin = {"Authorization": "Bearer " + "a" * 24}
-    viewer = {"Authorization": "Bearer " + "v" * 24}
-    try:
+    async with running_node(tmp_path, http__admin_tokens=ADMIN, http__viewer_tokens=VIEWER,
+                            http__cors_origins="http://viewer.example:3000", dicom__study_quiet_period_s="60") as node:
+        base = f"http://127.0.0.1:{node.http_port}"
+        admin = {"Authorization": "Bearer " + "a" * 24}
+        viewer = {"Authorization": "Bearer " + "v" * 24}
         await send(node, series())
         async with aiohttp.ClientSession(base) as http:
             rsp = await http.get("/api/jobs")
@@ -175,8 +164,6 @@ async def test_tokens_roles_phi_and_cors(tmp_path: Path, caplog: pytest.LogCaptu
                 assert (await ws.receive()).json()["type"] == "snapshot"
             audit = (await (await http.get("/api/audit", headers=admin)).json())["audit"]
             assert {"viewer", "admin"} <= {a["actor"] for a in audit}
-    finally:
-        await node.stop()
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert logged, "the node logged nothing at INFO: the PHI check below would prove nothing"
     assert not [m for m in logged if "Doe^Jane" in m or "PID-123" in m]     # PHI only in the admin's JSON

@@ -20,7 +20,7 @@ from tests.peers.bundle_layouts import (
 )
 from tests.peers.helpers import dciodvfy
 from tests.peers.scu import final_job, send
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 PEDIATRIC = ["background", "liver", "spleen", "pancreas"]
@@ -70,10 +70,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def znode(tmp_path: Path, zoo: Path):
-    n = Node(node_settings(tmp_path, RULES, models__dir=str(zoo)))
-    await n.start()
-    yield n
-    await n.stop()
+    async with running_node(tmp_path, RULES, models__dir=str(zoo)) as n:
+        yield n
 
 
 @pytest.mark.parametrize(("description", "segments", "first"), [

@@ -6,19 +6,14 @@ from pathlib import Path
 
 import aiohttp
 
-from node.app import Node
 from tests.peers.ct_liver_factory import fake_liver_folder
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 
 async def models_of(tmp_path: Path) -> list[dict]:
-    node = Node(node_settings(tmp_path, MODELS__DIR=str(tmp_path / "models")))
-    await node.start()
-    try:
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{node.http_port}") as http:
-            return (await (await http.get("/api/models")).json())["models"]
-    finally:
-        await node.stop()
+    async with (running_node(tmp_path, MODELS__DIR=str(tmp_path / "models")) as node,
+                aiohttp.ClientSession(f"http://127.0.0.1:{node.http_port}") as http):
+        return (await (await http.get("/api/models")).json())["models"]
 
 
 async def test_api_lists_ct_liver_with_the_snomed_liver_label(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from node.app import Node
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.scu import final_job, send
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 ADMIN = {"Authorization": "Bearer " + "a" * 24}
 VIEWER = {"Authorization": "Bearer " + "v" * 24}
@@ -59,12 +59,10 @@ async def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.
     """A node with viewer and admin tokens and three rules; `postgresql` (indirect) for the PostgreSQL store."""
     monkeypatch.setenv("SEGNODE_TEST_ORTHANC_PASSWORD", PASSWORD)
     url = request.getfixturevalue("postgres").new_database() if getattr(request, "param", "") == "postgresql" else ""
-    n = Node(node_settings(tmp_path, CONFIG, store__url=url, http__admin_tokens="alice=" + "a" * 24,
-                           http__viewer_tokens="ohif=" + "v" * 24))
-    await n.start()
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{n.http_port}") as http:
+    async with (running_node(tmp_path, CONFIG, store__url=url, http__admin_tokens="alice=" + "a" * 24,
+                             http__viewer_tokens="ohif=" + "v" * 24) as n,
+                aiohttp.ClientSession(f"http://127.0.0.1:{n.http_port}") as http):
         yield n, http
-    await n.stop()
 
 
 def series(slices: int = 12, patient_id: str = "PID-123", description: str = "Abdomen") -> list[Dataset]:

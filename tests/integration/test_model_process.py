@@ -20,8 +20,8 @@ from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import SCU_HANDLERS, send
-from tests.peers.settings import node_settings
 from tests.peers.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
+from tests.support import running_node
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -29,10 +29,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 @pytest.fixture
 async def pnode(tmp_path: Path):
     build_stall_bundle(tmp_path / "models" / "stall")
-    n = Node(node_settings(tmp_path, POISON_RULES, models__dir=str(tmp_path / "models")))
-    await n.start()
-    yield n
-    await n.stop()
+    async with running_node(tmp_path, POISON_RULES, models__dir=str(tmp_path / "models")) as n:
+        yield n
 
 
 async def next_inference(sub_queue: asyncio.Queue[JobEvent]) -> JobEvent:
@@ -122,14 +120,10 @@ def test_exit_codes_read_as_causes() -> None:
 
 
 async def test_a_study_too_big_for_a_job_fails_up_front_with_the_reason(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, compute__max_job_memory_mb="600"))      # ct-basic needs 640 MiB + 2.6 x
-    await node.start()
-    try:
+    async with running_node(tmp_path, compute__max_job_memory_mb="600") as node:    # ct-basic needs 640 MiB + 2.6 x
         ds = phantom_datasets(make_phantom(slices=12, rows=32, seed=5), SeriesIds())
         await send(node, ds)
         job = await async_wait_until(lambda: _ended(node, ds[0].StudyInstanceUID), 60, "the job to end")
-    finally:
-        await node.stop()
     assert job.state == "failed"
     assert ("(12 x 32 x 32 voxels) needs about 0.6 GiB of memory with model ct-basic; this node gives a job "
             "0.6 GiB") in job.detail

@@ -14,7 +14,7 @@ from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import send
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::UserWarning")
@@ -22,10 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 
 @pytest.fixture
 async def ray_node(tmp_path: Path):
-    node = Node(node_settings(tmp_path, compute__backend="ray", compute__ray_num_cpus="2"))
-    await node.start()
-    yield node
-    await node.stop()
+    async with running_node(tmp_path, compute__backend="ray", compute__ray_num_cpus="2") as node:
+        yield node
     assert not ray.is_initialized()
 
 
@@ -69,11 +67,8 @@ async def test_a_dead_actor_puts_its_job_back_in_the_queue(ray_node: Node) -> No
 
 async def test_one_actor_per_gpu_on_a_ray_without_gpus_is_a_clear_start_failure(tmp_path: Path) -> None:
     from node.errors import ComputeUnavailable
-    node = Node(node_settings(tmp_path, compute__backend="ray", compute__workers="0",
-                              compute__ray_gpus_per_actor="1"))
-    try:
-        with pytest.raises(ComputeUnavailable, match="the local Ray has no GPU for an actor of 1 GPU"):
-            await node.start()
-    finally:
-        await node.stop()
+    with pytest.raises(ComputeUnavailable, match="the local Ray has no GPU for an actor of 1 GPU"):
+        async with running_node(tmp_path, compute__backend="ray", compute__workers="0",
+                                compute__ray_gpus_per_actor="1"):
+            pass
     assert not ray.is_initialized()

@@ -19,7 +19,7 @@ from node.jobs.store import JobStore
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.peers.scu import final_job, send
-from tests.peers.settings import node_settings
+from tests.support import running_node
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -42,10 +42,8 @@ model = "ct-basic"
 async def wnode(tmp_path: Path, models_dir: Path, request: pytest.FixtureRequest):
     """A node with the suite's bundles; a test may ask for the PostgreSQL store (indirect "postgresql")."""
     url = request.getfixturevalue("postgres").new_database() if getattr(request, "param", "") == "postgresql" else ""
-    n = Node(node_settings(tmp_path, RULES, models__dir=str(models_dir), store__url=url))
-    await n.start()
-    yield n
-    await n.stop()
+    async with running_node(tmp_path, RULES, models__dir=str(models_dir), store__url=url) as n:
+        yield n
 
 
 @pytest.mark.parametrize("wnode", ["sqlite", "postgresql"], indirect=True)

@@ -1,0 +1,28 @@
+"""The node under test, started in this process: `async with running_node(tmp_path, **overrides) as node:`.
+
+It lives here, beside the two packages it is neither of: tests/peers/ holds the real programs the node
+talks to (Orthanc, PostgreSQL, DCMTK, Ray, OHIF, Chromium, the node as a subprocess, a pynetdicom SCU)
+and tests/builders/ the data the tests build (bundles, settings, records, mutants, reference CTs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from node.app import Node
+from tests.peers.settings import node_settings
+
+
+@asynccontextmanager
+async def running_node(tmp_path: Path, config: str | None = None, **env: str) -> AsyncIterator[Node]:
+    """A started Node on free loopback ports, its data under `tmp_path` (`config` and `env` as for
+    `node_settings`), stopped on the way out. Also when `start()` raises part way: `stop()` closes what was
+    opened, so a test of a failed start writes `with pytest.raises(...): async with running_node(...)`."""
+    node = Node(node_settings(tmp_path, config, **env))
+    try:
+        await node.start()
+        yield node
+    finally:
+        await node.stop()
