@@ -25,7 +25,7 @@ from ai.ct_liver.preprocess import RasPlan, extract, network_input, tile_starts
 from ai.device import choose_device
 from bench.common import timed, write_result
 from node.models_install import install_ct_liver
-from tests.peers import totalseg
+from tests.builders import totalseg
 
 SCANS = ("example_ct_sm.nii.gz", "example_ct.nii.gz", "aorta_report/example_ct.nii.gz")
 

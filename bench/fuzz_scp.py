@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_result
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets, write_datasets
-from tests.peers.mutants import decodable, mutants
+from tests.builders.mutants import decodable, mutants
 from tests.peers.orthanc import OrthancProcess
 from tests.peers.scu import send_files_to
 from tests.support import running_node

@@ -37,8 +37,8 @@ from node.results.basic import write_basic_results
 from node.results.dicom import write_dicom_results
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.peers.bundles import build_threshold_bundle
-from tests.peers.ct_liver_factory import fake_liver_folder
+from tests.builders.bundles import build_threshold_bundle
+from tests.builders.ct_liver_factory import fake_liver_folder
 
 ROWS = 512
 FOV_MM = 400.0                  # make_phantom's default field of view

@@ -33,7 +33,7 @@ from node.results.seg import build_segmentation, present_labels, segment_descrip
 from node.results.sr import build_report
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets
-from tests.peers.bundle_layouts import WHOLE_BODY_LABELS
+from tests.builders.bundle_layouts import WHOLE_BODY_LABELS
 
 
 def whole_body_card() -> ModelCard:

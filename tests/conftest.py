@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from node.app import Node
 from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.peers.bundles import build_bundle, build_threshold_bundle
+from tests.builders.bundles import build_bundle, build_threshold_bundle
 from tests.peers.postgres import PostgresServer
 from tests.support import running_node
 

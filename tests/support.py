@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from node.app import Node
-from tests.peers.settings import node_settings
+from tests.builders.settings import node_settings
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ from pydicom import dcmread
 
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.peers.bundle_layouts import WHOLE_BODY_LABELS, build_layout_bundle
+from tests.builders.bundle_layouts import WHOLE_BODY_LABELS, build_layout_bundle
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import dciodvfy
 from tests.peers.node_process import NodeProcess

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from node.synth.series import SeriesIds, write_series
+from tests.builders.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess
-from tests.peers.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
 
 
 def children(pid: int) -> set[int]:

@@ -15,7 +15,7 @@ from pydicom import dcmread
 
 from node.models_install import install_ct_liver
 from node.synth.series import SeriesIds, write_datasets
-from tests.peers import totalseg
+from tests.builders import totalseg
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import REPO, dciodvfy, sr_volumes_ml, wait_until
 from tests.peers.node_process import NodeProcess

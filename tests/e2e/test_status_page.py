@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from node.synth.series import SeriesIds, write_series
-from tests.peers.bundle_layouts import build_btcv_on_old_monai, build_layout_bundle
+from tests.builders.bundle_layouts import build_btcv_on_old_monai, build_layout_bundle
 from tests.peers.chromium import ARGS, CHROMIUM
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import REPO

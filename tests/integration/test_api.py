@@ -15,9 +15,9 @@ from node.app import Node
 from node.jobs.records import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
+from tests.builders.settings import node_settings
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import send
-from tests.peers.settings import node_settings
 from tests.support import running_node
 
 ADMIN, VIEWER = "admin=" + "a" * 24, "viewer=" + "v" * 24

@@ -12,7 +12,7 @@ from node.errors import ConfigError
 from node.jobs.records import InstanceRecord
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
-from tests.peers.settings import node_settings
+from tests.builders.settings import node_settings
 
 
 async def running_job(store: JobStore) -> str:

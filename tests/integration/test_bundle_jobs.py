@@ -12,7 +12,7 @@ from pydicom import dcmread
 from node.app import Node
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.peers.bundle_layouts import (
+from tests.builders.bundle_layouts import (
     BTCV_LABELS,
     WHOLE_BODY_LABELS,
     build_btcv_on_old_monai,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.peers.ct_liver_factory import fake_liver_folder
+from tests.builders.ct_liver_factory import fake_liver_folder
 from tests.support import running_node
 
 

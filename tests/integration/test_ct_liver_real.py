@@ -25,7 +25,7 @@ from node.jobs.store import JobView
 from node.models_install import install_ct_liver
 from node.results.dicom import write_dicom_results
 from node.synth.series import write_datasets
-from tests.peers import totalseg
+from tests.builders import totalseg
 from tests.peers.helpers import dciodvfy, sr_volumes_ml
 
 

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from node.app import Node
 from node.intake.dimse import StoreStatus
 from node.synth.series import write_datasets
-from tests.peers.mutants import decodable, mutants
+from tests.builders.mutants import decodable, mutants
 from tests.peers.scu import send, send_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")     # mutants make pydicom warn a lot

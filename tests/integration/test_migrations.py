@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from node.errors import ConfigError
 from node.jobs.schema import head
 from node.jobs.store import JobStore
+from tests.builders.records import rec
 from tests.peers.helpers import REPO, free_port
-from tests.peers.records import rec
 
 # The tables exactly as Segnode 0.1.0 (the last release before Alembic) created them, frozen here.
 OLD = sa.MetaData()

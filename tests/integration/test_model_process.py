@@ -18,9 +18,9 @@ from node.compute.process import ProcessBackend, describe_exit
 from node.jobs.records import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
+from tests.builders.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import SCU_HANDLERS, send
-from tests.peers.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
 from tests.support import running_node
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")

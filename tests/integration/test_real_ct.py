@@ -14,7 +14,7 @@ from pydicom import dcmread
 from ai.ct_basic import BONE, LUNGS, CtBasic
 from ai.measure import dice
 from ai.volume import volume_from_datasets
-from tests.peers import totalseg
+from tests.builders import totalseg
 
 BONES = totalseg.BONE
 BONES_AND_CARTILAGE = (*totalseg.BONE, *totalseg.COSTAL_CARTILAGE)     # as in the 267 mL

@@ -19,9 +19,9 @@ from pynetdicom.sop_class import CTImageStorage
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
+from tests.builders.settings import node_settings
 from tests.peers.helpers import wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send
-from tests.peers.settings import node_settings
 
 TIMEOUTS = {"dicom__acse_timeout_s": "0.5", "dicom__dimse_timeout_s": "0.5",
             "dicom__network_timeout_s": "0.8"}

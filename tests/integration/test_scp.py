@@ -15,9 +15,9 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, 
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
+from tests.builders.settings import node_settings
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send
-from tests.peers.settings import node_settings
 
 
 async def test_a_series_is_stored_recorded_queued_and_segmented(store_node: Node, ct_series: list[Dataset]) -> None:

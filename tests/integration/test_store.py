@@ -17,7 +17,7 @@ from node.jobs.records import Delivery, InstanceRecord, JobResults, RecordOutcom
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
-from tests.peers.records import rec
+from tests.builders.records import rec
 
 
 @pytest.fixture

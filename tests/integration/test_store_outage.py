@@ -15,10 +15,10 @@ from pydicom.uid import generate_uid
 
 from node.app import Node
 from node.intake.dimse import StoreStatus
+from tests.builders.settings import node_settings
 from tests.peers.helpers import async_wait_until
 from tests.peers.postgres import PostgresServer
 from tests.peers.scu import SCU_HANDLERS, scu, send
-from tests.peers.settings import node_settings
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ The node's parts follow the data flow: intake -> jobs <- compute <- results, del
 the hub the others write through and imports none of them; the common modules (errors, settings,
 fsutil, bridge, tcp) import no part, except that settings reads the rule and destination types it
 validates. ai/ and viewer_api/ import nothing of node/; only node/app.py (the composition root) wires
-viewer_api in. bench/ and tests/ share helpers only through tests/peers/ and tests/support.py.
+viewer_api in. bench/ and tests/ share helpers only through tests/peers/, tests/builders/ and tests/support.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from tests.peers.helpers import REPO
 
 COMMON = {"node.errors", "node.fsutil", "node.config_keys", "node.bridge", "node.tcp", "node.settings"}
-SHARED = {"tests.peers", "tests.support"}      # what tests/ and bench/ may import of tests/
+SHARED = {"tests.peers", "tests.builders", "tests.support"}      # what tests/ and bench/ may import of tests/
 PARTS = {"node.intake", "node.jobs", "node.compute", "node.results", "node.delivery"}
 
 ALLOWED: dict[str, set[str]] = {

@@ -23,7 +23,7 @@ from node.results.seg import build_segmentation
 from node.results.sr import build_report
 from node.synth.phantom import BODY, BONE, LUNGS, make_phantom
 from node.synth.series import phantom_datasets
-from tests.peers.bundle_layouts import BTCV_LABELS, WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
+from tests.builders.bundle_layouts import BTCV_LABELS, WHOLE_BODY_LABELS, build_btcv_on_old_monai, build_layout_bundle
 from tests.peers.helpers import dciodvfy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",

@@ -19,8 +19,8 @@ from ai.measure import dice
 from ai.volume import Volume, volume_from_datasets
 from node.synth.phantom import BODY, BONE, LUNGS, make_phantom
 from node.synth.series import phantom_datasets
-from tests.peers.bundle_layouts import BTCV_LABELS, build_layout_bundle
-from tests.peers.bundles import build_threshold_bundle
+from tests.builders.bundle_layouts import BTCV_LABELS, build_layout_bundle
+from tests.builders.bundles import build_threshold_bundle
 from tests.peers.helpers import in_fresh_process, peak_rss_growth
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")

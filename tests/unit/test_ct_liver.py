@@ -30,7 +30,7 @@ from ai.errors import ModelUnavailable
 from ai.registry import ModelRegistry
 from ai.volume import Volume
 from node.compute.memory import return_freed_memory_promptly
-from tests.peers.ct_liver_factory import fake_hdf5, fake_liver_folder
+from tests.builders.ct_liver_factory import fake_hdf5, fake_liver_folder
 from tests.peers.helpers import in_fresh_process, peak_rss_growth
 
 

@@ -24,7 +24,7 @@ from node.intake.image_check import ImageLimits
 from node.intake.records import clean_record, instance_record
 from node.jobs.records import InstanceRecord
 from node.synth.series import write_datasets
-from tests.peers.mutants import dataset_offset, mutants
+from tests.builders.mutants import dataset_offset, mutants
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 LIMITS = ImageLimits()

@@ -18,9 +18,9 @@ from node.compute.memory import BOUND, check_fits
 from node.compute.series import header_spacing
 from node.synth.phantom import make_phantom
 from node.synth.series import phantom_datasets
-from tests.peers.bundle_layouts import WHOLE_BODY_LABELS, build_layout_bundle
-from tests.peers.bundles import build_threshold_bundle
-from tests.peers.ct_liver_factory import fake_liver_folder
+from tests.builders.bundle_layouts import WHOLE_BODY_LABELS, build_layout_bundle
+from tests.builders.bundles import build_threshold_bundle
+from tests.builders.ct_liver_factory import fake_liver_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 BENCH_SPACING = (1.0, 400 / 512, 400 / 512)          # bench/memory.py's phantom: 512 x 512, 400 mm, 1 mm slices

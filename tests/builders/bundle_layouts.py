@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tests.peers.bundles import INFERENCE, build_threshold_bundle
+from tests.builders.bundles import INFERENCE, build_threshold_bundle
 
 WHOLE_BODY_LABELS = [
     "background", "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "aorta",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.peers.bundle_layouts import build_layout_bundle
+from tests.builders.bundle_layouts import build_layout_bundle
 
 STALL_NET = '''
 
