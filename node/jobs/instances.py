@@ -1,214 +1,205 @@
-"""The instance write path: every received instance becomes a row of its study's open intake job."""
+"""The instance write path: one batcher commits the row of every received instance, together with the
+rows waiting at the same moment (group commit), and owns the cache of each study's open intake job."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import uuid
+import contextlib
+import threading
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
 
-from sqlalchemy import Connection, Dialect, Engine, Insert, Update, bindparam, create_engine, event, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from node.jobs.engine import one_writer_sync, sqlite_pragmas
-from node.jobs.models import Instance, Job, JobEventRow, utcnow
-from node.jobs.records import InstanceRecord, JobEvent, RecordOutcome
-from node.jobs.states import JobState
+from node.bridge import LoopBridge
+from node.errors import SegnodeError
+from node.jobs.engine import sqlite_pragmas
+from node.jobs.records import InstanceRecord, RecordOutcome
+from node.jobs.rows import write_rows
 from node.jobs.writelock import WriterLock
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex
+class RecordFailed(SegnodeError):
+    """An instance row that was not committed: the transaction of its batch failed (the cause is chained)."""
 
 
-class InstanceWriter:
-    """Owns the hot path of intake: group commits from the loop, direct commits from association threads
-    (SQLite only, on a second, synchronous engine), and the cache of each study's open intake job.
+@dataclass(frozen=True, slots=True)
+class GroupCommitStats:
+    """How the batcher has committed so far: `rows / transactions` is the mean batch size."""
 
-    Callers hold the store's WriterLock around `commit_blocking`; `record` takes it itself.
+    transactions: int           # batches committed
+    rows: int                   # rows in them, duplicates included
+    waiting: int                # rows queued for the writer lock now
+
+
+@dataclass(eq=False, slots=True)
+class _Row:
+    """One caller's instance, queued until a holder of the writer lock commits it."""
+
+    rec: InstanceRecord
+    woken: asyncio.Future[None] | None = None     # a loop caller's (the loop commits); a thread waits on the lock
+    outcome: RecordOutcome | None = None
+    error: BaseException | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.outcome is not None or self.error is not None
+
+    def result(self) -> RecordOutcome:
+        if self.error is not None:
+            raise RecordFailed(f"the instance row was not committed ({type(self.error).__name__})") from self.error
+        assert self.outcome is not None
+        return self.outcome
+
+
+class InstanceBatcher:
+    """The one writer of instance rows (and of the intake jobs they open), for the loop and for threads.
+
+    The rule: a row is written only by a holder of the writer lock, who takes every row queued at that
+    moment and commits them in one transaction; each caller then reads its own outcome. A caller that gets
+    the lock finds its row settled, or commits the queue itself. The intake cache (study UID -> its
+    receiving job) is read and replaced under the same lock, and only after a commit.
+
+    Who commits depends on the engine. SQLite (`in_thread`): the waiting threads themselves, on a
+    synchronous sqlite3 engine, with no hop through the loop; the loop's entry waits in a worker thread
+    like any other. PostgreSQL (asyncpg has no blocking API), or SQLite without `in_thread`: a flush task
+    on the loop, on the async engine; a thread's entry reaches it through the bridge.
     """
 
-    def __init__(self, engine: AsyncEngine, lock: WriterLock, *, in_thread: bool) -> None:
+    def __init__(self, engine: AsyncEngine, lock: WriterLock, bridge: LoopBridge, *, timeout_s: float,
+                 in_thread: bool) -> None:
         self._engine = engine
         self._lock = lock
-        self._pending: list[tuple[InstanceRecord, asyncio.Future[RecordOutcome]]] = []
+        self._bridge = bridge
+        self._timeout_s = timeout_s
+        self._queue: list[_Row] = []
+        self._queue_lock = threading.Lock()
+        self._intakes: dict[str, str] = {}
+        self._transactions = 0
+        self._rows = 0
         self._flusher: asyncio.Task[None] | None = None
-        self._next_intakes: dict[str, str] = {}
-        self._intakes: dict[str, str] = {}       # study UID -> its receiving job; kept by this writer only
         self._sync: Engine | None = None
         if in_thread and engine.dialect.name == "sqlite":
             self._sync = create_engine(engine.url.set(drivername="sqlite"), poolclass=StaticPool,
                                        connect_args={"check_same_thread": False})
             event.listen(self._sync, "connect", sqlite_pragmas)
 
-    @property
-    def in_thread(self) -> bool:
-        """True when a non-loop thread may commit rows itself (SQLite); else writes go through the loop."""
-        return self._sync is not None
+    # -- the two entries ------------------------------------------------------------------------
+    def record_blocking(self, rec: InstanceRecord) -> RecordOutcome:
+        """From a thread that is not the loop's (an association): add `rec` to its study's open intake job
+        (created if none) and return once the row has committed. Idempotent per SOP Instance UID.
 
-    def close(self) -> None:
+        Raises TimeoutError when the writer lock (or, committing on the loop, the loop) stays busy for
+        `timeout_s`, RecordFailed when the transaction fails: in both cases the row is not acknowledged.
+        """
+        if self._sync is None:
+            return self._bridge.call(self.record, rec)
+        row = _Row(rec)
+        with self._queue_lock:
+            self._queue.append(row)
+        try:
+            with self._lock.hold_blocking(self._timeout_s):
+                if not row.settled:
+                    self._commit_in_thread(self._take())
+        except TimeoutError:
+            if not self._withdraw(row) and row.settled:    # committed by another holder just in time
+                return row.result()
+            raise
+        return row.result()
+
+    async def record(self, rec: InstanceRecord) -> RecordOutcome:
+        """`record_blocking` for the loop. Raises RecordFailed when the transaction fails."""
         if self._sync is not None:
-            self._sync.dispose()
+            return await asyncio.to_thread(self.record_blocking, rec)
+        row = _Row(rec, asyncio.get_running_loop().create_future())
+        with self._queue_lock:
+            self._queue.append(row)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="instance-rows")
+        try:
+            await row.woken
+        except asyncio.CancelledError:           # e.g. the bridge's timeout: not committed unless already taken
+            self._withdraw(row)
+            raise
+        return row.result()
 
-    def forget_intake(self, study_instance_uid: str, job_id: str) -> None:
-        """The intake job left `receiving`: later instances of the study start a new intake."""
+    # -- for the store's state changes ----------------------------------------------------------
+    def intake_closed(self, study_instance_uid: str, job_id: str) -> None:
+        """Job `job_id` left `receiving`: the study's next instance opens a new intake job. Call it holding
+        the writer lock (JobStore._move does), so no batch is being written meanwhile."""
         if self._intakes.get(study_instance_uid) == job_id:
             del self._intakes[study_instance_uid]
 
-    async def record(self, rec: InstanceRecord) -> RecordOutcome:
-        """Add an instance to its study's open intake job (created if none). Idempotent per SOP UID.
+    def stats(self) -> GroupCommitStats:
+        with self._queue_lock:
+            waiting = len(self._queue)
+        return GroupCommitStats(self._transactions, self._rows, waiting)
 
-        Calls that arrive while a write is in flight are committed together in the next transaction
-        (group commit), so parallel associations share one commit instead of queueing for one each.
-        """
-        future: asyncio.Future[RecordOutcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((rec, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="record-flush")
-        return await future
+    async def close(self) -> None:
+        """Let the rows queued on the loop finish, then close the synchronous engine."""
+        if self._flusher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._sync is not None:
+            self._sync.dispose()
 
-    def commit_blocking(self, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
-        """Commit `recs` on the synchronous engine, in this thread; the caller holds the writer lock."""
-        assert self._sync is not None, "commit_blocking needs the SQLite engine (in_thread)"
-        with self._sync.begin() as conn:
-            outcomes = self._write(conn, recs)
-        self._intakes = self._next_intakes              # the batch committed: its intakes are real
-        return outcomes
+    # -- committing (the caller holds the writer lock) ------------------------------------------
+    def _take(self) -> list[_Row]:
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        return batch
+
+    def _withdraw(self, row: _Row) -> bool:
+        """Take back a row nobody has taken to commit yet; False if one has."""
+        with self._queue_lock:
+            if row in self._queue:
+                self._queue.remove(row)
+                return True
+        return False
+
+    def _commit_in_thread(self, batch: Sequence[_Row]) -> None:
+        assert self._sync is not None
+        try:
+            with self._sync.begin() as conn:
+                outcomes, intakes = write_rows(conn, [r.rec for r in batch], self._intakes)
+        except BaseException as exc:
+            self._settle_failed(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._settle(batch, outcomes, intakes)
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                outcomes = await self._commit([rec for rec, _ in batch])
-            except Exception as exc:            # every waiter hears of the failure; none is acknowledged
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), outcome in zip(batch, outcomes, strict=True):
-                if not fut.done():
-                    fut.set_result(outcome)
+        """The loop's committer: while rows wait, hold the lock, take them all, commit them together."""
+        while self._queue:
+            async with self._lock.hold():
+                batch = self._take()
+                if not batch:
+                    continue
+                try:
+                    async with self._engine.begin() as conn:
+                        outcomes, intakes = await conn.run_sync(write_rows, [r.rec for r in batch], self._intakes)
+                except BaseException as exc:     # every waiter hears of it, none is acknowledged
+                    self._settle_failed(batch, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    self._settle(batch, outcomes, intakes)
+                finally:
+                    for row in batch:
+                        if row.woken is not None and not row.woken.done():
+                            row.woken.set_result(None)
 
-    async def _commit(self, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
-        async with self._lock.hold():
-            if self._sync is not None:
-                # SQLite: the whole batch in one thread hop on a plain sqlite3 connection; an aiosqlite
-                # round trip per statement costs more than the SQL itself.
-                return await asyncio.to_thread(self.commit_blocking, recs)
-            async with self._engine.begin() as conn:
-                outcomes = await conn.run_sync(self._write, recs)
-            self._intakes = self._next_intakes          # the batch committed: its intakes are real
-            return outcomes
-
-    def _write(self, conn: Connection, recs: Sequence[InstanceRecord]) -> list[RecordOutcome]:
-        """The rows of one batch within the caller's transaction: SQLAlchemy Core, but the two statements of
-        every row straight on the DB-API connection with SQLite (_SqliteRows)."""
-        add_instance, count_instances = _statements(conn.dialect.name)
-        raw = _sqlite_rows(conn.dialect) if conn.dialect.name == "sqlite" else None
-        dbapi = conn.connection.dbapi_connection if raw else None
-        one_writer_sync(conn)
-        outcomes: list[RecordOutcome] = []
-        added: dict[str, int] = {}
-        instances = Instance.__table__
-        intakes = dict(self._intakes)          # published only after the commit succeeds
-        for rec in recs:
-            events: tuple[JobEvent, ...] = ()
-            intake_id = intakes.get(rec.study_instance_uid) or self._open_intake(conn, rec.study_instance_uid)
-            if intake_id is None:
-                intake_id, events = self._new_intake(conn, rec)
-            intakes[rec.study_instance_uid] = intake_id
-            values = {"intake_id": intake_id, "received_at": utcnow(), **rec.instance_values()}
-            added_row = raw.insert(dbapi, values) if raw else conn.execute(add_instance, values).rowcount == 1
-            if added_row:
-                added[intake_id] = added.get(intake_id, 0) + 1
-                outcomes.append(RecordOutcome(intake_id, duplicate=False, events=events))
-            else:
-                first = conn.execute(select(instances.c.intake_id).where(
-                    instances.c.sop_instance_uid == rec.sop_instance_uid)).scalar_one()
-                outcomes.append(RecordOutcome(first, duplicate=True, events=events))
-        now = utcnow()
-        for intake_id, n in added.items():
-            if raw:
-                raw.count(dbapi, intake_id, n, now)
-            else:
-                conn.execute(count_instances, {"intake": intake_id, "n": n, "now": now})
-        self._next_intakes = intakes
-        return outcomes
+    def _settle(self, batch: Sequence[_Row], outcomes: Sequence[RecordOutcome], intakes: dict[str, str]) -> None:
+        self._intakes = intakes                  # the batch committed: its intake jobs exist
+        self._transactions += 1
+        self._rows += len(batch)
+        for row, outcome in zip(batch, outcomes, strict=True):
+            row.outcome = outcome
 
     @staticmethod
-    def _open_intake(conn: Connection, study_instance_uid: str) -> str | None:
-        jobs = Job.__table__
-        return conn.execute(select(jobs.c.id).where(jobs.c.study_instance_uid == study_instance_uid,
-                                                    jobs.c.state == JobState.RECEIVING.value)
-                            .order_by(jobs.c.created_at.desc()).limit(1)).scalar_one_or_none()
-
-    @staticmethod
-    def _new_intake(conn: Connection, rec: InstanceRecord) -> tuple[str, tuple[JobEvent, ...]]:
-        job_id, now = new_id(), utcnow()
-        detail = f"first instance from {rec.calling_ae}"
-        conn.execute(Job.__table__.insert().values(
-            id=job_id, intake_id=job_id, study_instance_uid=rec.study_instance_uid, state=JobState.RECEIVING.value,
-            detail=detail, progress=None, rule="", model="", destinations=[], series_instance_uids=[],
-            calling_ae=rec.calling_ae, modality=rec.modality, series_description=rec.series_description,
-            patient_name=rec.patient_name, patient_id=rec.patient_id,
-            instance_count=0, attempts=0, results={}, created_at=now, updated_at=now))
-        result = conn.execute(JobEventRow.__table__.insert().values(
-            job_id=job_id, study_instance_uid=rec.study_instance_uid, state=JobState.RECEIVING.value,
-            progress=None, detail=detail, at=now))
-        seq = int(result.inserted_primary_key[0])
-        return job_id, (JobEvent(seq, job_id, rec.study_instance_uid, JobState.RECEIVING.value, None, detail, now),)
-
-
-@functools.cache
-def _statements(dialect: str) -> tuple[Insert, Update]:
-    """The two statements of every instance row, built once per dialect: building a statement per row
-    (and its cache key) cost more than the SQL itself."""
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    jobs = Job.__table__
-    add = insert(Instance.__table__).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-    count = (update(jobs).where(jobs.c.id == bindparam("intake"))
-             .values(instance_count=jobs.c.instance_count + bindparam("n"), updated_at=bindparam("now")))
-    return add, count
-
-
-class _SqliteRows:
-    """The two statements of every instance row, on SQLite straight through the DB-API connection of the
-    caller's transaction: SQLAlchemy's execution context cost more than the SQL itself. Values go through
-    the same bind processors SQLAlchemy uses, so the rows are the same (tests/integration/test_store.py)."""
-
-    def __init__(self, dialect: Dialect) -> None:
-        table = Instance.__table__
-        self._columns = [c.name for c in table.columns]
-        self._insert = (f"INSERT INTO {table.name} ({', '.join(self._columns)}) "
-                        f"VALUES ({', '.join('?' * len(self._columns))}) ON CONFLICT (sop_instance_uid) DO NOTHING")
-        self._update = (f"UPDATE {Job.__tablename__} SET instance_count = instance_count + ?, updated_at = ? "
-                        f"WHERE id = ?")
-        self._processors = {c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns}
-        self._when = Job.__table__.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
-
-    def insert(self, dbapi: Any, values: dict[str, Any]) -> bool:
-        """True when the row was added (False: the SOP instance was already there)."""
-        params = [values[c] if (f := self._processors[c]) is None else f(values[c]) for c in self._columns]
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute(self._insert, params)
-            return int(cursor.rowcount) == 1
-        finally:
-            cursor.close()
-
-    def count(self, dbapi: Any, intake_id: str, n: int, now: datetime) -> None:
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute(self._update, (n, now if self._when is None else self._when(now), intake_id))
-        finally:
-            cursor.close()
-
-
-@functools.cache
-def _sqlite_rows(dialect: Dialect) -> _SqliteRows:
-    return _SqliteRows(dialect)
+    def _settle_failed(batch: Sequence[_Row], exc: BaseException) -> None:
+        for row in batch:
+            row.error = exc

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -18,11 +16,12 @@ from node.bridge import LoopBridge
 from node.errors import InvalidTransition, JobNotFound, StoreUnavailable
 from node.jobs.engine import make_engine, one_writer
 from node.jobs.events import EventBus
-from node.jobs.instances import InstanceWriter, new_id
+from node.jobs.instances import GroupCommitStats, InstanceBatcher
 from node.jobs.models import AuditRow, Job, JobEventRow, utcnow
 from node.jobs.queries import JobReads
 from node.jobs.records import Delivery, InstanceRecord, JobEvent, JobResults, JobView, RecordOutcome
 from node.jobs.routing import RoutingOutcome, SeriesInfo
+from node.jobs.rows import new_id
 from node.jobs.schema import SchemaChange
 from node.jobs.schema import upgrade as upgrade_schema
 from node.jobs.states import ALLOWED, JobState
@@ -38,40 +37,13 @@ async def migrate(engine: AsyncEngine) -> SchemaChange:
         return await conn.run_sync(upgrade_schema)
 
 
-class RecordFailed(Exception):
-    """An instance row that could not be committed (its batch's transaction failed)."""
-
-
-@dataclass(eq=False, slots=True)
-class _Waiting:
-    """An association thread's instance row, waiting to be committed by whichever thread holds the lock."""
-    rec: InstanceRecord
-    outcome: RecordOutcome | None = None
-    error: BaseException | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not None or self.error is not None
-
-
-def _commit_for_all(writer: InstanceWriter, batch: list[_Waiting]) -> None:
-    """One transaction for the batch; each row hears its outcome, or the error, if it failed."""
-    try:
-        outcomes = writer.commit_blocking([w.rec for w in batch])
-    except BaseException as exc:
-        for w in batch:
-            w.error = exc
-        raise
-    for w, outcome in zip(batch, outcomes, strict=True):
-        w.outcome = outcome
-
-
 class JobStore(JobReads, JobStats):
     """Owns the job database (SQLAlchemy 2 async; SQLite WAL by default, PostgreSQL by URL).
 
-    Every write goes through here, under one WriterLock; `_move` is the only place a job's state changes
-    (checked against ALLOWED, in the same transaction as its event row); and every event a write makes
-    is published on `bus` once its transaction has committed, so no caller publishes by hand.
+    Every write goes through here, under one WriterLock: instance rows through the InstanceBatcher
+    (node/jobs/instances.py, group commit), everything else in `_write`. `_move` is the only place a job's
+    state changes (checked against ALLOWED, in the same transaction as its event row); and every event a
+    write makes is published on `bus` once its transaction has committed, so no caller publishes by hand.
     """
 
     def __init__(self, engine: AsyncEngine, bus: EventBus, *, record_timeout_s: float = 10.0,
@@ -80,11 +52,9 @@ class JobStore(JobReads, JobStats):
         self.bus = bus
         self.writer_lock = WriterLock()
         self._session = async_sessionmaker(engine, expire_on_commit=False)
-        self._instances = InstanceWriter(engine, self.writer_lock, in_thread=in_thread_writes)
-        self._record_timeout_s = record_timeout_s
         self._bridge = LoopBridge(asyncio.get_running_loop(), record_timeout_s)
-        self._waiting: list[_Waiting] = []                   # rows of association threads, see _combined
-        self._waiting_lock = threading.Lock()
+        self._instances = InstanceBatcher(engine, self.writer_lock, self._bridge, timeout_s=record_timeout_s,
+                                          in_thread=in_thread_writes)
 
     @classmethod
     async def open(cls, url: str, bus: EventBus | None = None, *, record_timeout_s: float = 10.0,
@@ -104,7 +74,7 @@ class JobStore(JobReads, JobStats):
         return cls(engine, bus or EventBus(), record_timeout_s=record_timeout_s, in_thread_writes=in_thread_writes)
 
     async def close(self) -> None:
-        self._instances.close()
+        await self._instances.close()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -119,49 +89,26 @@ class JobStore(JobReads, JobStats):
 
     # -- instances ------------------------------------------------------------------------------
     async def record_instance(self, rec: InstanceRecord) -> RecordOutcome:
-        """Add a received instance to its study's open intake job (created if none). Idempotent per SOP UID.
-        Concurrent calls share one transaction (group commit); its events are published once it commits."""
+        """Add a received instance to its study's open intake job (created if none), idempotent per SOP UID,
+        through the instance batcher (group commit); its events are published once it has committed.
+        Raises RecordFailed when the row's transaction fails."""
         outcome = await self._instances.record(rec)
         self.bus.publish(outcome.events)
         return outcome
 
     def record_instance_blocking(self, rec: InstanceRecord) -> RecordOutcome:
-        """record_instance for a non-loop thread (an association); its events are published on the loop.
-
-        With SQLite the row commits in this thread, with no hop through the loop (one association, A/B:
-        median +8 %, best +35 %), and the loop is woken only when there are events (a new intake); otherwise
-        the write runs on the loop and this thread waits for it.
-        Raises TimeoutError when the store stays busy for `record_timeout_s`.
-        """
-        if not self._instances.in_thread:
-            return self._bridge.call(self.record_instance, rec)
-        outcome = self._combined(rec)
+        """`record_instance` from an association thread: returns once the row has committed, and hands its
+        events (a new intake job) to the loop to publish. Raises TimeoutError when the store stays busy for
+        `record_timeout_s`, RecordFailed when the row's transaction fails."""
+        outcome = self._instances.record_blocking(rec)
         if outcome.events:
             self._bridge.notify(self.bus.publish, outcome.events)
         return outcome
 
-    def _combined(self, rec: InstanceRecord) -> RecordOutcome:
-        """Commit `rec` in this thread, together with the rows of any other association thread waiting for
-        the writer lock meanwhile: whichever gets the lock commits everyone's (one transaction), the others
-        find theirs done. Under four associations this halves the commits and the queue at the lock."""
-        mine = _Waiting(rec)
-        with self._waiting_lock:
-            self._waiting.append(mine)
-        try:
-            with self.writer_lock.hold_blocking(self._record_timeout_s):
-                if not mine.finished:
-                    with self._waiting_lock:
-                        batch, self._waiting = self._waiting, []
-                    _commit_for_all(self._instances, batch)
-        except TimeoutError:
-            with self._waiting_lock:
-                if mine in self._waiting:            # nobody took it: it will not be committed after all
-                    self._waiting.remove(mine)
-            raise
-        if mine.error is not None:
-            raise RecordFailed(f"the instance row was not committed ({type(mine.error).__name__})") from mine.error
-        assert mine.outcome is not None
-        return mine.outcome
+    @property
+    def group_commit(self) -> GroupCommitStats:
+        """How many instance rows have gone into how many transactions, and how many wait now."""
+        return self._instances.stats()
 
     # -- states ---------------------------------------------------------------------------------
     @staticmethod
@@ -179,7 +126,7 @@ class JobStore(JobReads, JobStats):
         if to not in ALLOWED[src]:
             raise InvalidTransition(f"job {job.id} is {src.value}; it cannot become {to.value}")
         if src is JobState.RECEIVING:
-            self._instances.forget_intake(job.study_instance_uid, job.id)
+            self._instances.intake_closed(job.study_instance_uid, job.id)
         job.state = to.value
         job.detail = detail[:2000]
         job.progress = progress

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager, contextmanager
 
 class WriterLock:
     """Writers take turns: SQLite has one writer anyway (two deferred transactions upgrading at once
-    fail with "database is locked"), and the store's intake cache is only right if they do.
+    fail with "database is locked"), and the instance batcher's intake cache is only right if they do.
+    Every write of the job store holds it: the store's own transactions, and whoever commits a batch of
+    instance rows (node/jobs/instances.py).
 
-    A thread lock, because association threads commit instance rows themselves; the loop side waits
-    for it in a worker thread, so the loop never blocks.
+    A thread lock, because on SQLite association threads commit instance rows themselves; the loop side
+    waits for it in a worker thread, so the loop never blocks.
     """
 
     def __init__(self) -> None:

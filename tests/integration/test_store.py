@@ -1,23 +1,26 @@
 import asyncio
 import re
 import threading
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from node.errors import InvalidTransition, JobNotFound
-from node.jobs.instances import _statements
 from node.jobs.models import Instance, utcnow
 from node.jobs.records import Delivery, InstanceRecord, JobResults, RecordOutcome, ResultFile
 from node.jobs.routing import Rule, route
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
 from tests.builders.records import rec
+from tests.peers.helpers import async_wait_until
+
+THREE_COMMITTERS = pytest.mark.parametrize(
+    ("store_url", "in_thread_writes"), [("sqlite", True), ("sqlite", False), ("postgresql", True)],
+    ids=["sqlite-in-thread", "sqlite-through-the-loop", "postgresql"], indirect=["store_url"])
 
 
 @pytest.fixture
@@ -157,8 +160,7 @@ async def test_a_writer_cancelled_while_waiting_for_the_lock_does_not_keep_it(st
     assert (await asyncio.to_thread(store.record_instance_blocking, rec("1.3"))).intake_id == outcome.intake_id
 
 
-@pytest.mark.parametrize(("store_url", "in_thread_writes"), [("sqlite", True), ("sqlite", False), ("postgresql", True)],
-                         ids=["sqlite-in-thread", "sqlite-through-the-loop", "postgresql"], indirect=["store_url"])
+@THREE_COMMITTERS
 async def test_an_association_thread_records_and_the_loop_hears_of_it(store_url: str, in_thread_writes: bool) -> None:
     """Both ways an association thread records an instance (in the thread with SQLite; through the loop
     otherwise, always with PostgreSQL) commit the row before returning and publish its events on the loop."""
@@ -237,7 +239,7 @@ async def test_sqlite_instance_rows_written_directly_equal_sqlalchemy_s(tmp_path
         direct = await asyncio.to_thread(store.record_instance_blocking, rec("1.1"))
         twin = {**rec("1.2").instance_values(), "intake_id": direct.intake_id, "received_at": utcnow()}
         async with store.engine.begin() as conn:
-            await conn.execute(_statements("sqlite")[0], twin)
+            await conn.execute(insert(Instance), twin)              # SQLAlchemy's own statement: the oracle
         async with store.engine.connect() as conn:
             rows = (await conn.execute(text(
                 "SELECT *, typeof(received_at), typeof(size) FROM instances ORDER BY sop_instance_uid"))).all()
@@ -254,42 +256,71 @@ async def test_sqlite_instance_rows_written_directly_equal_sqlalchemy_s(tmp_path
         await store.close()
 
 
-async def test_rows_of_waiting_association_threads_are_committed_together(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Threads that queue at the writer lock are committed by whichever holds it, in one transaction;
-    each still gets its own outcome, and a failed transaction fails every row in it (none acknowledged)."""
-    store = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path}/jobs.db")
-    writer = store._instances
-    real_commit = writer.commit_blocking
-    batches: list[int] = []
+async def _while_the_writer_is_busy(store: JobStore, recs: Sequence[InstanceRecord]) -> list[RecordOutcome | str]:
+    """Record each of `recs` from an association thread of its own while another writer (this test) holds
+    the store; let go once every row waits. Returns each outcome, or the name of the error raised."""
+    def attempt(r: InstanceRecord) -> RecordOutcome | str:
+        try:
+            return store.record_instance_blocking(r)
+        except Exception as exc:
+            return type(exc).__name__
 
-    def slow_commit(recs: list[InstanceRecord]) -> list[RecordOutcome]:
-        batches.append(len(recs))
-        time.sleep(0.02)                             # hold the lock long enough for the others to queue
-        return real_commit(recs)
-    monkeypatch.setattr(writer, "commit_blocking", slow_commit)
+    async def all_waiting() -> bool:
+        return store.group_commit.waiting == len(recs)
+    with ThreadPoolExecutor(len(recs)) as pool:
+        async with store.writer_lock.hold():
+            answers = [asyncio.wrap_future(pool.submit(attempt, r)) for r in recs]
+            await async_wait_until(all_waiting, 10, f"{len(recs)} rows waiting for the writer lock")
+        return list(await asyncio.gather(*answers))
+
+
+async def _refuse_instance_rows(store: JobStore) -> None:
+    """From now on every instance row fails its transaction, as on a full disk."""
+    if store.engine.dialect.name == "sqlite":
+        statements = ["CREATE TRIGGER refuse BEFORE INSERT ON instances BEGIN SELECT RAISE(ABORT, 'refused'); END"]
+    else:
+        statements = ["CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
+                      "LANGUAGE plpgsql",
+                      "CREATE TRIGGER refuse BEFORE INSERT ON instances FOR EACH ROW EXECUTE FUNCTION refuse()"]
+    async with store.engine.begin() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+
+
+@THREE_COMMITTERS
+async def test_rows_that_wait_for_the_writer_are_committed_together(store_url: str, in_thread_writes: bool) -> None:
+    """Group commit: the rows that queue while the store is busy go into one transaction once it is free,
+    each with its own outcome; a failed transaction fails every row in it, and none is acknowledged."""
+    store = await JobStore.open(store_url, in_thread_writes=in_thread_writes)
     try:
-        with ThreadPoolExecutor(8) as pool:
-            outcomes = await asyncio.to_thread(
-                lambda: list(pool.map(store.record_instance_blocking, [rec(f"1.{i}") for i in range(40)])))
-        assert sum(batches) == 40 and len(batches) < 40          # some commits carried several rows
-        assert len({o.intake_id for o in outcomes}) == 1 and not any(o.duplicate for o in outcomes)
-        assert (await store.get(outcomes[0].intake_id)).instance_count == 40
+        before = store.group_commit
+        outcomes = await _while_the_writer_is_busy(store, [rec(f"1.{i}") for i in range(8)])
+        after = store.group_commit
+        assert (after.transactions - before.transactions, after.rows - before.rows, after.waiting) == (1, 8, 0)
+        assert all(isinstance(o, RecordOutcome) and not o.duplicate for o in outcomes)
+        intakes = {o.intake_id for o in outcomes if isinstance(o, RecordOutcome)}
+        assert len(intakes) == 1 and (await store.get(intakes.pop())).instance_count == 8
 
-        def failing(recs: list[InstanceRecord]) -> list[RecordOutcome]:
-            time.sleep(0.02)
-            raise OSError("disk I/O error")
-        monkeypatch.setattr(writer, "commit_blocking", failing)
+        await _refuse_instance_rows(store)
+        answers = await _while_the_writer_is_busy(store, [rec(f"2.{i}") for i in range(4)])
+        assert answers == ["RecordFailed"] * 4
+        assert store.group_commit.transactions == after.transactions
+        assert await store.instance_count() == 8
+    finally:
+        await store.close()
 
-        def attempt(sop: str) -> str:
-            try:
-                store.record_instance_blocking(rec(sop))
-            except Exception as exc:
-                return type(exc).__name__
-            return "recorded"
-        with ThreadPoolExecutor(4) as pool:
-            answers = await asyncio.to_thread(lambda: list(pool.map(attempt, [f"2.{i}" for i in range(8)])))
-        assert "recorded" not in answers and set(answers) <= {"OSError", "RecordFailed"}
-        assert await store.instance_count() == 40
+
+@THREE_COMMITTERS
+async def test_a_row_whose_wait_timed_out_is_never_committed(store_url: str, in_thread_writes: bool) -> None:
+    """The sender was told the store is unavailable: the row must not appear later either (its resend is
+    then new, not a duplicate of a row it was never told about)."""
+    store = await JobStore.open(store_url, record_timeout_s=0.2, in_thread_writes=in_thread_writes)
+    try:
+        async with store.writer_lock.hold():
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(store.record_instance_blocking, rec("1.1"))
+        assert store.group_commit.waiting == 0
+        resent = await asyncio.to_thread(store.record_instance_blocking, rec("1.1"))
+        assert not resent.duplicate and await store.instance_count() == 1
     finally:
         await store.close()
