@@ -22,7 +22,7 @@ from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
 from tests.peers.chromium import ARGS, CHROMIUM
 from tests.peers.dcmtk import storescu
-from tests.peers.helpers import REPO, wait_until
+from tests.peers.helpers import REPO, scaled, wait_until
 from tests.peers.node_process import NodeProcess
 from tests.peers.ohif import OhifServer, app_config, ohif_dist
 from tests.peers.orthanc import OrthancProcess
@@ -58,7 +58,7 @@ class Site:
     def api(self, path: str) -> Any:
         req = urllib.request.Request(f"http://127.0.0.1:{self.node.http_port}{path}",
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        with urllib.request.urlopen(req, timeout=10) as rsp:
+        with urllib.request.urlopen(req, timeout=scaled(10)) as rsp:
             return json.loads(rsp.read())
 
     def study_in_pacs(self, name: str, description: str) -> tuple[SeriesIds, list[Path]]:
@@ -73,9 +73,9 @@ class Site:
         # OHIF's first-visit tour may open at any moment and cover the page: skip it whenever it shows
         page.add_locator_handler(page.get_by_role("button", name="Skip all").first, lambda skip: skip.click())
         page.goto(f"{self.ohif.url}/viewer?StudyInstanceUIDs={study_instance_uid}")
-        page.wait_for_selector('[data-cy="study-browser-thumbnail"]', timeout=90_000)
+        page.wait_for_selector('[data-cy="study-browser-thumbnail"]', timeout=scaled(90_000))
         page.locator('[data-cy="jobs-btn"]').click()                 # the Segnode tab in the right panel
-        page.wait_for_selector(f"{PANEL} section[data-connection=live]", timeout=30_000)
+        page.wait_for_selector(f"{PANEL} section[data-connection=live]", timeout=scaled(30_000))
         page.evaluate("window.segnodeTestNoReload = true")           # gone if the page reloads
         return page
 
@@ -123,23 +123,23 @@ def test_results_appear_in_the_open_study_without_a_reload(site: Site) -> None:
 
     assert storescu(site.node.dicom_port, paths).returncode == 0     # the PACS routes the study to Segnode
     toast = page.locator("[data-sonner-toast]", has_text="Segnode: ")
-    toast.first.wait_for(timeout=60_000)
-    page.wait_for_selector(f"{PANEL} article[data-state=done]", timeout=120_000)
+    toast.first.wait_for(timeout=scaled(60_000))
+    page.wait_for_selector(f"{PANEL} article[data-state=done]", timeout=scaled(120_000))
     assert panel_states(page) == ["receiving", "queued", "running", "sending", "done"]
     card = job_card(page).first
     assert "Lungs" in card.inner_text() and "mL" in card.inner_text()           # measurements when done
 
-    page.wait_for_selector(f"{PANEL} article[data-results=shown]", timeout=60_000)
-    thumbnail(page, "SEG").first.wait_for(timeout=10_000)
-    thumbnail(page, "SR").first.wait_for(timeout=10_000)
+    page.wait_for_selector(f"{PANEL} article[data-results=shown]", timeout=scaled(60_000))
+    thumbnail(page, "SEG").first.wait_for(timeout=scaled(10_000))
+    thumbnail(page, "SR").first.wait_for(timeout=scaled(10_000))
     assert page.evaluate("window.segnodeTestNoReload === true")                # same page, never reloaded
     page.screenshot(path=str(ARTIFACTS / "ohif-results-in-study.png"))
 
     thumbnail(page, "SEG").first.dblclick()                                     # what a radiologist does
-    page.get_by_role("button", name="Yes").click(timeout=30_000)                # "open this Segmentation?"
+    page.get_by_role("button", name="Yes").click(timeout=scaled(30_000))                # "open this Segmentation?"
     page.locator('[data-cy="panelSegmentation-btn"]').click()                  # OHIF's segmentation panel
     for name in ("Body soft tissue", "Lungs", "Bone"):                          # the SEG's segments, listed
-        page.get_by_text(name, exact=True).locator("visible=true").first.wait_for(timeout=30_000)
+        page.get_by_text(name, exact=True).locator("visible=true").first.wait_for(timeout=scaled(30_000))
     assert page.locator(PANEL).locator("visible=true").count() == 0            # it is OHIF's list, not ours
     page.screenshot(path=str(ARTIFACTS / "ohif-seg-hydrated.png"))
     page.close()
@@ -149,12 +149,12 @@ def test_a_failed_job_shows_its_reason(site: Site) -> None:
     ids, paths = site.study_in_pacs("ct-b", "Chest for the old PACS")
     page = site.open_study(ids.study_instance_uid)
     assert storescu(site.node.dicom_port, paths).returncode == 0
-    page.wait_for_selector(f"{PANEL} article[data-state=failed]", timeout=120_000)
+    page.wait_for_selector(f"{PANEL} article[data-state=failed]", timeout=scaled(120_000))
     job = site.api(f"/api/jobs/{job_card(page).first.get_attribute('data-job-id')}")
     assert job["state"] == "failed" and job["detail"]
     assert job_card(page).first.locator(".segnode-reason").inner_text() == job["detail"]
     assert job_card(page).first.locator(".segnode-state").inner_text() == "ct-basic: failed"
-    page.locator("[data-sonner-toast]", has_text="failed").first.wait_for(timeout=10_000)
+    page.locator("[data-sonner-toast]", has_text="failed").first.wait_for(timeout=scaled(10_000))
     assert thumbnail(page, "SEG").count() == 0
     page.screenshot(path=str(ARTIFACTS / "ohif-failed-job.png"))
     page.close()
@@ -164,11 +164,11 @@ def test_a_dropped_socket_resumes_with_since_and_misses_nothing(site: Site) -> N
     ids, paths = site.study_in_pacs("ct-c", "Chest across a restart")
     page = site.open_study(ids.study_instance_uid)
     assert storescu(site.node.dicom_port, paths).returncode == 0
-    page.wait_for_selector(f"{PANEL} article[data-state=receiving]", timeout=30_000)
+    page.wait_for_selector(f"{PANEL} article[data-state=receiving]", timeout=scaled(30_000))
     site.node.stop()                                   # the node goes away mid-job: the socket drops
-    page.wait_for_selector(f"{PANEL} section[data-connection=reconnecting]", timeout=30_000)
+    page.wait_for_selector(f"{PANEL} section[data-connection=reconnecting]", timeout=scaled(30_000))
     site.node.start()
-    page.wait_for_selector(f"{PANEL} article[data-state=done][data-results=shown]", timeout=120_000)
+    page.wait_for_selector(f"{PANEL} article[data-state=done][data-results=shown]", timeout=scaled(120_000))
     section = page.locator(f"{PANEL} section")
     assert int(section.get_attribute("data-connections") or 0) >= 2
 

@@ -14,7 +14,7 @@ import pytest
 
 from node.synth.series import write_series
 from tests.peers.dcmtk import storescu
-from tests.peers.helpers import REPO, free_port
+from tests.peers.helpers import REPO, free_port, scaled
 from tests.peers.node_process import NodeProcess
 from tests.peers.postgres import PostgresServer
 from tests.peers.ray_cluster import RayHead
@@ -62,7 +62,7 @@ def test_an_unreachable_ray_cluster_stops_the_start_at_once_with_one_sentence(tm
            "SEGNODE_COMPUTE__RAY_ADDRESS": f"127.0.0.1:{silent}"}
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "node.cli", "serve"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=scaled(60))
     assert done.returncode == 1, done.stderr
     assert f"segnode: cannot start: cannot reach the Ray cluster at 127.0.0.1:{silent}" in done.stderr
     assert "Traceback" not in done.stderr

@@ -12,7 +12,7 @@ from node.synth.series import SeriesIds, write_series
 from tests.builders.bundle_layouts import build_btcv_on_old_monai, build_layout_bundle
 from tests.peers.chromium import ARGS, CHROMIUM
 from tests.peers.dcmtk import storescu
-from tests.peers.helpers import REPO
+from tests.peers.helpers import REPO, scaled
 from tests.peers.node_process import NodeProcess
 
 
@@ -24,10 +24,10 @@ def test_a_study_sent_to_the_node_moves_to_done_on_the_page(start_node: Callable
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 600})
         page.goto(f"http://127.0.0.1:{node.http_port}/")
-        page.wait_for_selector("#live.on", timeout=10_000)             # the WebSocket is connected
+        page.wait_for_selector("#live.on", timeout=scaled(10_000))             # the WebSocket is connected
         assert page.locator("#jobs tbody tr").count() == 0
         assert storescu(node.dicom_port, folder).returncode == 0
-        page.wait_for_selector("#jobs tbody tr[data-state='done']", timeout=60_000)
+        page.wait_for_selector("#jobs tbody tr[data-state='done']", timeout=scaled(60_000))
         row = page.locator("#jobs tbody tr").first
         assert "Page test" in row.inner_text() and "CT" in row.inner_text()
         health = page.locator("#health").inner_text()
@@ -55,7 +55,7 @@ def test_the_page_shows_each_model_ready_or_unavailable_with_the_reason_and_warn
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 600})
         page.goto(f"http://127.0.0.1:{node.http_port}/")
-        page.wait_for_selector("#models tbody tr[data-model='swin-unetr-btcv']", timeout=10_000)
+        page.wait_for_selector("#models tbody tr[data-model='swin-unetr-btcv']", timeout=scaled(10_000))
         rows = {name: page.locator(f"#models tbody tr[data-model='{name}']")
                 for name in ("ct-basic", "odd-labels", "swin-unetr-btcv")}
         assert {name: row.get_attribute("data-state") for name, row in rows.items()} == {
@@ -99,17 +99,17 @@ def test_the_page_shows_previews_measurements_charts_filters_rules_and_the_dry_r
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
         page.goto(f"http://127.0.0.1:{node.http_port}/")
-        page.wait_for_selector("#live.on", timeout=10_000)
+        page.wait_for_selector("#live.on", timeout=scaled(10_000))
         assert storescu(node.dicom_port, done).returncode == 0
         assert storescu(node.dicom_port, one).returncode == 0       # taken by ct-any; the model needs 3 slices
-        page.wait_for_selector("#jobs tbody tr[data-state='done']", timeout=60_000)
-        page.wait_for_selector("#jobs tbody tr[data-state='failed']", timeout=60_000)
+        page.wait_for_selector("#jobs tbody tr[data-state='done']", timeout=scaled(60_000))
+        page.wait_for_selector("#jobs tbody tr[data-state='failed']", timeout=scaled(60_000))
 
         # the job detail: the preview image decoded by the browser, its legend and the measurement table
         page.locator("#jobs tbody tr[data-state='done']").focus()
         page.keyboard.press("Enter")
         page.wait_for_function("document.querySelector('img.preview') && document.querySelector('img.preview')"
-                               ".naturalWidth > 0", timeout=10_000)
+                               ".naturalWidth > 0", timeout=scaled(10_000))
         measured = node.get(f"/api/jobs/{page.locator('#detail').get_attribute('data-job')}")["results"]["series"][0]
         names = [m["name"] for m in measured["measurements"]]
         assert page.locator(".legend li").all_inner_texts() == names
@@ -123,7 +123,8 @@ def test_the_page_shows_previews_measurements_charts_filters_rules_and_the_dry_r
 
         # numbers per hour: both jobs and all 17 instances in the current hour's bars
         page.wait_for_function("document.querySelector('#chart-jobs figcaption, #charts figcaption') && "
-                               "document.querySelector('#charts').innerText.includes('failed (1)')", timeout=10_000)
+                               "document.querySelector('#charts').innerText.includes('failed (1)')",
+                               timeout=scaled(10_000))
         assert "Instances received (17)" in page.locator("#charts").inner_text()
         assert page.locator("#chart-instances rect").count() == 1
         assert page.locator("#chart-jobs rect").count() == 2

@@ -16,7 +16,7 @@ from node.jobs.records import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.builders.settings import node_settings
-from tests.peers.helpers import async_wait_until
+from tests.peers.helpers import async_wait_until, scaled
 from tests.peers.scu import send
 from tests.support import running_node
 
@@ -34,7 +34,7 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest):
 
 async def receive_until(ws: aiohttp.ClientWebSocketResponse, done, timeout_s: float = 30) -> list[dict]:
     out: list[dict] = []
-    async with asyncio.timeout(timeout_s):
+    async with asyncio.timeout(scaled(timeout_s)):
         while not out or not done(out):
             msg = await ws.receive()
             if msg.type != aiohttp.WSMsgType.TEXT:

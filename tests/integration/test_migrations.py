@@ -18,7 +18,7 @@ from node.errors import ConfigError
 from node.jobs.schema import head
 from node.jobs.store import JobStore
 from tests.builders.records import rec
-from tests.peers.helpers import REPO, free_port
+from tests.peers.helpers import REPO, free_port, scaled
 
 # The tables exactly as Segnode 0.1.0 (the last release before Alembic) created them, frozen here.
 OLD = sa.MetaData()
@@ -125,7 +125,7 @@ def test_segnode_db_upgrade_migrates_an_old_store_and_names_the_revision(store_u
     asyncio.run(_old_store(store_url))
     env = {**os.environ, "SEGNODE_STORE__URL": store_url, "SEGNODE_NODE__DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, "-m", "node.cli", "db", "upgrade"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=scaled(120))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(f"schema at revision {head()}")
     assert f"schema upgraded from revision none to {head()}" in proc.stderr      # the log line
@@ -143,7 +143,7 @@ def test_an_unreachable_database_stops_db_upgrade_with_one_line_and_the_password
     url = f"postgresql+asyncpg://segnode:s3cret-pw@127.0.0.1:{free_port()}/segnode"
     env = {**os.environ, "SEGNODE_STORE__URL": url, "SEGNODE_NODE__DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run([sys.executable, "-m", "node.cli", "db", "upgrade"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=scaled(120))
     assert proc.returncode == 2
     assert proc.stderr.startswith("segnode: cannot open the job store postgresql+asyncpg://segnode:***@127.0.0.1:")
     assert "s3cret-pw" not in proc.stderr + proc.stdout

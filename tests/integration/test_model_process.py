@@ -19,7 +19,7 @@ from node.jobs.records import JobEvent
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
 from tests.builders.stall_bundle import INFERENCE_STAGE, POISON_RULES, build_stall_bundle
-from tests.peers.helpers import async_wait_until
+from tests.peers.helpers import async_wait_until, scaled
 from tests.peers.scu import SCU_HANDLERS, send
 from tests.support import running_node
 
@@ -35,7 +35,7 @@ async def pnode(tmp_path: Path):
 
 async def next_inference(sub_queue: asyncio.Queue[JobEvent]) -> JobEvent:
     """The next event saying a network is running (the stall model is then asleep inside it)."""
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(scaled(60)):
         while (event := await sub_queue.get()).detail != INFERENCE_STAGE:
             pass
     return event

@@ -12,7 +12,7 @@ from node.app import Node
 from node.compute.ray_backend import RayBackend
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.peers.helpers import async_wait_until
+from tests.peers.helpers import async_wait_until, scaled
 from tests.peers.scu import send
 from tests.support import running_node
 
@@ -52,7 +52,7 @@ async def test_a_dead_actor_puts_its_job_back_in_the_queue(ray_node: Node) -> No
     sub = ray_node.bus.subscribe()
     try:
         await send(ray_node, ds)
-        async with asyncio.timeout(60):                  # the actor has the job: kill it mid-inference
+        async with asyncio.timeout(scaled(60)):          # the actor has the job: kill it mid-inference
             while (event := await sub.queue.get()).detail != "sent to a Ray actor":
                 pass
     finally:

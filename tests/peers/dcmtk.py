@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.peers.helpers import peer_env, tool
+from tests.peers.helpers import peer_env, scaled, tool
 
 TS_FLAGS = {"explicit": "-xe", "implicit": "-xi", "deflated": "-xd", "rle": "-xr", "jpeg-ls": "-xt",
             "jpeg2000": "-xv"}
@@ -20,9 +20,9 @@ def storescu(port: int, files: Sequence[Path] | Path, *, transfer_syntax: str = 
         args += ["+sd", "127.0.0.1", str(port), str(files)]
     else:
         args += ["127.0.0.1", str(port), *(str(f) for f in files)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=peer_env())
+    return subprocess.run(args, capture_output=True, text=True, timeout=scaled(timeout_s), env=peer_env())
 
 
 def echoscu(port: int, *, calling: str = "SCANNER", called: str = "SEGNODE") -> subprocess.CompletedProcess[str]:
     return subprocess.run([tool("echoscu"), "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=30, env=peer_env())
+                          capture_output=True, text=True, timeout=scaled(30), env=peer_env())

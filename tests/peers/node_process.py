@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.peers.helpers import REPO, free_port, wait_until
+from tests.peers.helpers import REPO, free_port, scaled, wait_until
 
 
 class NodeProcess:
@@ -55,7 +55,7 @@ class NodeProcess:
 
     def get(self, path: str) -> Any:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as rsp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=scaled(5)) as rsp:
                 return json.loads(rsp.read())
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())
@@ -80,7 +80,7 @@ class NodeProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout_s)
+        code = self.proc.wait(scaled(timeout_s))
         self.proc = None
         return code
 

@@ -10,7 +10,7 @@ from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
-from tests.peers.helpers import REPO, free_port, peer_env, tool, wait_until
+from tests.peers.helpers import REPO, free_port, peer_env, scaled, tool, wait_until
 
 LUA = REPO / "config" / "orthanc" / "forward-to-segnode.lua"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -71,7 +71,7 @@ class OrthancProcess:
         if self.users:
             user, pwd = next(iter(self.users.items()))
             req.add_header("Authorization", "Basic " + b64encode(f"{user}:{pwd}".encode()).decode())
-        with urllib.request.urlopen(req, timeout=10) as rsp:
+        with urllib.request.urlopen(req, timeout=scaled(10)) as rsp:
             body = rsp.read()
             return json.loads(body) if body[:1] in (b"{", b"[") else body
 

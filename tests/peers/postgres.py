@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.peers.helpers import free_port, wait_until
+from tests.peers.helpers import free_port, scaled, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -46,7 +46,7 @@ class PostgresServer:
         cmd = [str(self.bin / tool), *args]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", self._user, "--", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120), cwd=self.root)
         if proc.returncode != 0:
             raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         return proc
@@ -98,7 +98,7 @@ class PostgresServer:
 
 def wait_for_port(server: PostgresServer, timeout_s: float = 10) -> None:
     """Until the server accepts connections again (after `start()`)."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while True:
         try:
             server.psql("SELECT 1")

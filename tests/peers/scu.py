@@ -13,7 +13,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, 
 from node.app import Node
 from node.jobs.records import JobView
 from node.tcp import on_conn_open
-from tests.peers.helpers import async_wait_until
+from tests.peers.helpers import async_wait_until, scaled
 
 
 def _scu_connection(event: evt.Event) -> None:
@@ -36,11 +36,13 @@ def _scu_connection(event: evt.Event) -> None:
 
 
 SCU_HANDLERS = [(evt.EVT_CONN_OPEN, _scu_connection)]
+# 30 s (times TIME_SCALE): on a loaded 2-core CI machine an answer can take well over 10 s, and a sender
+# that gives up aborts the association, which a test would misread as the node's doing.
+SCU_TIMEOUT_S = scaled(30)
 
 
-def scu(calling: str = "SCANNER", timeout_s: float = 30) -> AE:
-    """A scanner-like SCU. 30 s: on a loaded 2-core CI machine an answer can take well over 10 s, and a
-    sender that gives up aborts the association, which a test would misread as the node's doing."""
+def scu(calling: str = "SCANNER", timeout_s: float = SCU_TIMEOUT_S) -> AE:
+    """A scanner-like SCU (ACSE, DIMSE and network timeouts `timeout_s`)."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop in (CTImageStorage, MRImageStorage, RTPlanStorage):
@@ -65,7 +67,7 @@ async def send(node: Node, datasets: list[Dataset], calling: str = "SCANNER", ca
 
 
 def send_files_to(port: int, paths: list[Path], called: str = "SEGNODE", calling: str = "SCANNER",
-                  timeout_s: float = 30) -> list[Dataset | None]:
+                  timeout_s: float = SCU_TIMEOUT_S) -> list[Dataset | None]:
     """C-STORE each file's bytes exactly as they are on disk (no decode, no re-encode), blocking.
 
     None for a file the association could not carry (it was aborted); the next file gets a new one.
