@@ -13,12 +13,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.app import Node
 from node.intake.dimse import StoreStatus
-from tests.builders.settings import node_settings
-from tests.peers.helpers import async_wait_until
+from tests.peers.helpers import async_wait_until, scaled
 from tests.peers.postgres import PostgresServer
 from tests.peers.scu import SCU_HANDLERS, scu, send
+from tests.support import running_node
 
 
 @pytest.fixture
@@ -60,10 +59,10 @@ class PacedSender:
             for i, ds in enumerate(self.datasets):
                 if i == self.pause_at:
                     self.paused.set()
-                    assert self.go.wait(30)
+                    assert self.go.wait(scaled(30))
                 if i == self.resume_at:
                     self.outage_sent.set()
-                    assert self.go_on.wait(30)
+                    assert self.go_on.wait(scaled(30))
                     refused = [d for d, s in zip(self.datasets, self.statuses, strict=False) if s.Status != 0]
                     self.resent = [assoc.send_c_store(d) for d in refused]
                 self.statuses.append(assoc.send_c_store(ds))
@@ -74,20 +73,18 @@ class PacedSender:
 async def test_a_database_restart_while_studies_arrive_loses_nothing_and_the_node_recovers(
         tmp_path: Path, ct_series: list[Dataset], own_postgres: PostgresServer,
         caplog: pytest.LogCaptureFixture) -> None:
-    node = Node(node_settings(tmp_path, store__url=own_postgres.new_database(), dicom__study_quiet_period_s="2",
-                              dicom__record_timeout_s="5", compute__workers="1"))
-    await node.start()
-    try:
+    async with running_node(tmp_path, store__url=own_postgres.new_database(), dicom__study_quiet_period_s="2",
+                            dicom__record_timeout_s="5", compute__workers="1") as node:
         complete = ct_series                                   # all sent before the outage: routed after it
         assert {s.Status for s in await send(node, complete)} == {StoreStatus.SUCCESS}
         arriving = _another_study(ct_series)                   # sent across the outage
         sender = PacedSender(node.scp.port, arriving, pause_at=8, resume_at=16)
         thread = threading.Thread(target=sender.run)
         thread.start()
-        assert await asyncio.to_thread(sender.paused.wait, 30)
+        assert await asyncio.to_thread(sender.paused.wait, scaled(30))
         await asyncio.to_thread(own_postgres.stop)              # the database goes down mid-study
         sender.go.set()
-        assert await asyncio.to_thread(sender.outage_sent.wait, 60)
+        assert await asyncio.to_thread(sender.outage_sent.wait, scaled(60))
 
         async def routing_failed() -> bool:                    # the first study went quiet during the outage
             return "routing stable studies failed" in caplog.text
@@ -96,7 +93,7 @@ async def test_a_database_restart_while_studies_arrive_loses_nothing_and_the_nod
         assert (health["ok"], health["store"]) == (False, {"ok": False, "database": "postgresql"})
         await asyncio.to_thread(own_postgres.start)
         sender.go_on.set()
-        await asyncio.to_thread(thread.join, 60)
+        await asyncio.to_thread(thread.join, scaled(60))
 
         during = sender.statuses[8:16]
         assert {s.Status for s in during} == {StoreStatus.OUT_OF_RESOURCES}
@@ -116,5 +113,3 @@ async def test_a_database_restart_while_studies_arrive_loses_nothing_and_the_nod
         assert await node.store.instance_count() == len(complete) + len(arriving)
         assert len(await node.store.list_jobs()) == 2
         assert (await node.health())["store"] == {"ok": True, "database": "postgresql"}
-    finally:
-        await node.stop()
