@@ -23,9 +23,9 @@ from node.delivery.senders import make_sender
 from node.errors import ConfigError
 from node.fsutil import make_dirs
 from node.intake.assembly import StudyAssembler
+from node.intake.door.spool import Spool
 from node.intake.ingest import Ingest
-from node.intake.receiver import StorageSCP
-from node.intake.spool import Spool
+from node.intake.server.receiver import StorageSCP
 from node.jobs.events import EventBus
 from node.jobs.schema import head as schema_head
 from node.jobs.store import JobStore

@@ -16,9 +16,9 @@ from node.compute.pipeline import Backend
 from node.compute.worker import Worker
 from node.delivery.outbox import Outbox
 from node.fsutil import free_bytes
+from node.intake.door.spool import Spool
 from node.intake.ingest import Ingest
-from node.intake.receiver import StorageSCP
-from node.intake.spool import Spool
+from node.intake.server.receiver import StorageSCP
 from node.jobs.events import Subscription
 from node.jobs.records import JobEvent, JobView
 from node.jobs.routing import SeriesInfo, explain, route

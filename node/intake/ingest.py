@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 
 from node.bridge import LoopBridge
 from node.intake.assembly import StudyAssembler
-from node.intake.records import record_from_file
-from node.intake.spool import Spool
+from node.intake.door.records import record_from_file
+from node.intake.door.spool import Spool
 from node.jobs.records import InstanceRecord, JobEvent, RecordOutcome
 from node.jobs.routing import RouteDecision, Rule, route
 from node.jobs.states import JobState

@@ -175,7 +175,7 @@ class JobView:
 
 @dataclass(frozen=True, slots=True)
 class InstanceRecord:
-    """One received instance, as the intake hands it to the store (built only by node/intake/records.py)."""
+    """One received instance, as the intake hands it to the store (built only by node/intake/door/records.py)."""
 
     sop_instance_uid: str
     study_instance_uid: str

@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from node.app import Node
-from node.intake.dimse import StoreStatus
+from node.intake.wire.dimse import StoreStatus
 from node.synth.series import write_datasets
 from tests.builders.mutants import decodable, mutants
 from tests.peers.scu import send, send_files

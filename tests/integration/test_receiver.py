@@ -18,7 +18,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
 
 from node.app import Node
-from node.intake.dimse import StoreStatus
+from node.intake.wire.dimse import StoreStatus
 from tests.builders.settings import node_settings
 from tests.peers.helpers import wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send

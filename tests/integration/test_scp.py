@@ -14,7 +14,7 @@ from pynetdicom import _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, Verification
 
 from node.app import Node
-from node.intake.dimse import StoreStatus
+from node.intake.wire.dimse import StoreStatus
 from tests.builders.settings import node_settings
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send

@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from node.intake.dimse import StoreStatus
+from node.intake.wire.dimse import StoreStatus
 from tests.peers.helpers import async_wait_until, scaled
 from tests.peers.postgres import PostgresServer
 from tests.peers.scu import SCU_HANDLERS, scu, send

@@ -109,6 +109,40 @@ def test_tests_and_benchmarks_share_code_only_through_the_shared_test_modules(pa
 
 def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     """The check itself: an arrow against the flow (jobs -> intake) is reported."""
-    assert not allowed("node.jobs.store", "node.intake.spool")
+    assert not allowed("node.jobs.store", "node.intake.door.spool")
     assert not allowed("viewer_api.views", "node.jobs.store")
-    assert allowed("node.intake.receiver", "node.jobs.store")
+    assert allowed("node.intake.server.receiver", "node.jobs.store")
+
+
+# node/intake in layers (docs/architecture.md): the wire knows no other layer; the door speaks the wire's
+# statuses; the association server joins the wire to the door; the loop side (ingest, assembly) takes what the
+# door recorded. No layer imports the server: STOW-RS and retrieval are to call the same door.
+INTAKE_LAYERS: dict[str, set[str]] = {
+    "wire": set(),
+    "door": {"wire"},
+    "server": {"wire", "door"},
+    "loop": {"door"},
+}
+
+
+def intake_layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[2] if len(parts) >= 3 and parts[2] in INTAKE_LAYERS else "loop"
+
+
+def test_every_import_inside_intake_follows_a_layer_arrow() -> None:
+    offenders = []
+    for path in sorted((REPO / "node" / "intake").rglob("*.py")):
+        source = module_of(path)
+        for target in imports(path):
+            if target.startswith("node.intake.") and _is_module(target):
+                a, b = intake_layer(source), intake_layer(target)
+                if a != b and b not in INTAKE_LAYERS[a]:
+                    offenders.append(f"{path.relative_to(REPO)} ({a}) imports {target} ({b})")
+    assert offenders == []
+
+
+def test_the_layer_check_sees_a_forbidden_import() -> None:
+    assert intake_layer("node.intake.wire.messages") == "wire"
+    assert intake_layer("node.intake.ingest") == "loop"
+    assert "server" not in INTAKE_LAYERS["door"] and "door" not in INTAKE_LAYERS["wire"]

@@ -1,4 +1,4 @@
-"""The door's fast path (node/intake/header_scan.py) against the full pydicom checks it stands in for.
+"""The door's fast path (node/intake/door/header_scan.py) against the full pydicom checks it stands in for.
 
 The rule it is held to: for any bytes, it either declines (None) or the full checks accept the instance
 unchanged and build the same record. Each plain case must also take the fast path, or it wins nothing.
@@ -17,11 +17,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
-from node.intake import wire
-from node.intake.door import Refused, StoreRequest, checked, coerced
-from node.intake.header_scan import clean_header
-from node.intake.image_check import ImageLimits
-from node.intake.records import clean_record, instance_record
+from node.intake.door.door import Refused, StoreRequest, checked, coerced
+from node.intake.door.header_scan import clean_header
+from node.intake.door.image_check import ImageLimits
+from node.intake.door.records import clean_record, instance_record
+from node.intake.wire import encoders
 from node.jobs.records import InstanceRecord
 from node.synth.series import write_datasets
 from tests.builders.mutants import dataset_offset, mutants
@@ -35,7 +35,7 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 def request(body: bytes, *, syntax: str = uid.ExplicitVRLittleEndian, sop_class: str = CT,
             affected: object = None) -> StoreRequest:
     """A C-STORE as a receiver hands it to the door: our file meta + the dataset bytes as sent."""
-    meta = wire.file_meta(sop_class, str(affected or "1.2.3"), syntax)
+    meta = encoders.file_meta(sop_class, str(affected or "1.2.3"), syntax)
     assert meta is not None
     return StoreRequest(b"\x00" * 128 + b"DICM" + meta + body, sop_class, syntax, affected, "SCANNER")
 

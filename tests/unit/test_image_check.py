@@ -10,7 +10,7 @@ from pydicom import dcmread, uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
-from node.intake.image_check import (
+from node.intake.door.image_check import (
     ImageLimits,
     ImageProblem,
     check_image,

@@ -1,4 +1,4 @@
-"""Incoming DIMSE messages (node/intake/messages.py): a plain C-STORE-RQ read directly gives what
+"""Incoming DIMSE messages (node/intake/wire/messages.py): a plain C-STORE-RQ read directly gives what
 pynetdicom's decoder gives, for messages encoded by pynetdicom's own encoder; anything else is pynetdicom's."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from node.intake import messages
-from node.intake.messages import Incoming, ProtocolError, StoreRQ, feed
+from node.intake.wire import messages
+from node.intake.wire.messages import Incoming, ProtocolError, StoreRQ, feed
 
 REPO = Path(__file__).resolve().parents[2]
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -133,7 +133,7 @@ except ValueError:
     pass
 else:
     sys.exit("pynetdicom's decoder took a 93-character UID before the node said so")
-from node.intake.messages import let_the_door_judge_uids
+from node.intake.wire.messages import let_the_door_judge_uids
 let_the_door_judge_uids()
 assert decoded() == "1.2." + "3" * 89
 """

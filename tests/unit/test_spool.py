@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from node import fsutil
-from node.intake.spool import Spool
-from node.intake.uids import InstanceUIDs
+from node.intake.door.spool import Spool
+from node.intake.door.uids import InstanceUIDs
 
 DATA = bytes(range(256)) * 517            # 132 KB, not a multiple of any block size
 

@@ -4,7 +4,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.errors import InvalidUID
-from node.intake.uids import InstanceUIDs, check_uid
+from node.intake.door.uids import InstanceUIDs, check_uid
 from node.jobs.states import ALLOWED, JobState
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from node.intake.header_scan import CleanHeader
-from node.intake.uids import InstanceUIDs
+from node.intake.door.header_scan import CleanHeader
+from node.intake.door.uids import InstanceUIDs
 from node.jobs.records import InstanceRecord
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,7 @@ from pydicom import uid
 from pydicom.datadict import dictionary_VR
 
 from node.errors import InvalidUID
-from node.intake.dimse import IMAGE_SOP_CLASSES, SR_SOP_CLASSES
-from node.intake.image_check import (
+from node.intake.door.image_check import (
     BAD_FREE,
     BAD_STRICT,
     FREE_TEXT_VRS,
@@ -33,7 +32,8 @@ from node.intake.image_check import (
     check_samples,
     native_length,
 )
-from node.intake.uids import InstanceUIDs, check_uid
+from node.intake.door.uids import InstanceUIDs, check_uid
+from node.intake.wire.dimse import IMAGE_SOP_CLASSES, SR_SOP_CLASSES
 
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))

@@ -18,10 +18,10 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
-from node.intake import upper_layer as ul
-from node.intake.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
-from node.intake.door import Door, Refused, StoreRequest
-from node.intake.messages import Incoming, StoreRQ, feed, let_the_door_judge_uids
+from node.intake.door.door import Door, Refused, StoreRequest
+from node.intake.wire import upper_layer as ul
+from node.intake.wire.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
+from node.intake.wire.messages import Incoming, StoreRQ, feed, let_the_door_judge_uids
 from node.jobs.records import InstanceRecord, RecordOutcome
 from node.settings import DicomSettings
 from node.tcp import set_nodelay

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from node.errors import SpoolFull
 from node.fsutil import free_bytes, is_part_file, make_dirs, sync_existing, write_new
-from node.intake.uids import InstanceUIDs
+from node.intake.door.uids import InstanceUIDs
 
 logger = logging.getLogger(__name__)
 

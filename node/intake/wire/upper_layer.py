@@ -27,8 +27,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from node.intake import wire
-from node.intake.messages import ProtocolError, StoreRQ
+from node.intake.wire import encoders
+from node.intake.wire.messages import ProtocolError, StoreRQ
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = 1, 2, 3, 4, 5, 6, 7
@@ -199,7 +199,7 @@ def release_reply() -> bytes:
 
 def stored_file(request: StoreRQ, transfer_syntax: str) -> bytes:
     """The DICOM file of a C-STORE request: preamble, file meta (as pynetdicom builds it), dataset as sent."""
-    meta = wire.file_meta(request.sop_class_uid, request.sop_instance_uid, transfer_syntax)
+    meta = encoders.file_meta(request.sop_class_uid, request.sop_instance_uid, transfer_syntax)
     if meta is None:
         meta = encode_file_meta(create_file_meta(sop_class_uid=request.sop_class_uid,
                                                  sop_instance_uid=request.sop_instance_uid,
@@ -209,7 +209,7 @@ def stored_file(request: StoreRQ, transfer_syntax: str) -> bytes:
 
 def store_reply(request: StoreRQ, status: Dataset, context_id: int, peer_max_pdu: int) -> bytes:
     comment = str(status.ErrorComment) if "ErrorComment" in status else None
-    fast = wire.store_rsp(request.message_id, request.sop_class_uid, request.sop_instance_uid,
+    fast = encoders.store_rsp(request.message_id, request.sop_class_uid, request.sop_instance_uid,
                           int(status.Status), comment, context_id, peer_max_pdu)
     if fast is not None:
         return fast

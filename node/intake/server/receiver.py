@@ -1,5 +1,5 @@
 """The Storage SCP: owns the DICOM port. The event loop only accepts connections; each association then runs
-on its own thread with blocking socket reads (no polling) in node/intake/associations.py. Success is sent only
+on its own thread with blocking socket reads (no polling) in node/intake/server/associations.py. Success is sent only
 after the file is fsynced and linked under its name and its row committed.
 """
 
@@ -12,10 +12,10 @@ import socket
 import threading
 import time
 
-from node.intake.associations import AssociationServer, Connection
-from node.intake.door import Door, Recorder
-from node.intake.image_check import ImageLimits
-from node.intake.spool import Spool
+from node.intake.door.door import Door, Recorder
+from node.intake.door.image_check import ImageLimits
+from node.intake.door.spool import Spool
+from node.intake.server.associations import AssociationServer, Connection
 from node.settings import DicomSettings
 
 logger = logging.getLogger(__name__)

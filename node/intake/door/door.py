@@ -16,18 +16,18 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from node.errors import InvalidUID, SpoolFull
-from node.intake.dimse import IMAGE_SOP_CLASSES, StoreStatus, dataset_mismatch, store_response
-from node.intake.header_scan import clean_header
-from node.intake.image_check import (
+from node.intake.door.header_scan import clean_header
+from node.intake.door.image_check import (
     ImageLimits,
     ImageProblem,
     check_image,
     control_character_tags,
     scrub_control_characters,
 )
-from node.intake.records import clean_record, instance_record
-from node.intake.spool import Spool, SpoolWrite
-from node.intake.uids import InstanceUIDs, check_uid
+from node.intake.door.records import clean_record, instance_record
+from node.intake.door.spool import Spool, SpoolWrite
+from node.intake.door.uids import InstanceUIDs, check_uid
+from node.intake.wire.dimse import IMAGE_SOP_CLASSES, StoreStatus, dataset_mismatch, store_response
 from node.jobs.records import InstanceRecord, RecordOutcome
 
 logger = logging.getLogger(__name__)

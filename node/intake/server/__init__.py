@@ -1,0 +1,1 @@
+"""The association server: the DICOM port, one thread per association."""

@@ -1,0 +1,1 @@
+"""The wire: PDUs, DIMSE messages and their encoders, the statuses and SOP classes spoken."""
