@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import threading
@@ -192,8 +191,7 @@ def test_orthanc_forwarding_a_study_is_received_whole(start_node: Callable[..., 
         paths = write_series(tmp_path / "s", slices=40, rows=64, ids=SeriesIds())
         assert storescu(orthanc.dicom_port, paths, called="ORTHANC").returncode == 0
         study_id = orthanc.get("/studies")[0]
-        job = orthanc._request("/modalities/segnode/store", data=json.dumps(
-            {"Resources": [study_id], "Synchronous": True}).encode(), method="POST")
+        job = orthanc.post("/modalities/segnode/store", {"Resources": [study_id], "Synchronous": True})
         assert job["InstancesCount"] == 40 and job["FailedInstancesCount"] == 0
     finally:
         orthanc.stop()

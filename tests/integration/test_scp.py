@@ -15,9 +15,9 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTPlanStorage, 
 
 from node.app import Node
 from node.intake.wire.dimse import StoreStatus
-from tests.builders.settings import node_settings
 from tests.peers.helpers import async_wait_until
 from tests.peers.scu import SCU_HANDLERS, scu, send
+from tests.support import running_node
 
 
 async def test_a_series_is_stored_recorded_queued_and_segmented(store_node: Node, ct_series: list[Dataset]) -> None:
@@ -115,12 +115,8 @@ async def test_undecodable_bytes_are_refused_with_cannot_understand(node: Node, 
 
 
 async def test_disk_below_the_floor_answers_out_of_resources(tmp_path: Path, ct_series: list[Dataset]) -> None:
-    node = Node(node_settings(tmp_path, dicom__min_free_disk_mb=str(10**9)))
-    await node.start()
-    try:
+    async with running_node(tmp_path, dicom__min_free_disk_mb=str(10**9)) as node:
         rsp = (await send(node, ct_series[:1]))[0]
-    finally:
-        await node.stop()
     assert rsp.Status == StoreStatus.OUT_OF_RESOURCES
     assert "out of disk space" in rsp.ErrorComment
 
@@ -139,9 +135,7 @@ async def test_an_sop_class_we_do_not_store_is_refused_at_negotiation(node: Node
 
 
 async def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, dicom__allowed_calling_aes="SCANNER,PACS"))
-    await node.start()
-    try:
+    async with running_node(tmp_path, dicom__allowed_calling_aes="SCANNER,PACS") as node:
         def outcome(calling: str, called: str) -> tuple[bool, bool]:
             assoc = scu(calling).associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title=called)
             established, rejected = assoc.is_established, assoc.is_rejected
@@ -151,25 +145,6 @@ async def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(tmp_path: Pat
         assert await asyncio.to_thread(outcome, "PACS", "SEGNODE") == (True, False)
         assert await asyncio.to_thread(outcome, "INTRUDER", "SEGNODE") == (False, True)
         assert await asyncio.to_thread(outcome, "PACS", "SOMEONEELSE") == (False, True)
-    finally:
-        await node.stop()
-
-
-async def test_associations_beyond_the_cap_are_rejected(tmp_path: Path) -> None:
-    node = Node(node_settings(tmp_path, dicom__max_associations="2"))
-    await node.start()
-    try:
-        def run() -> list[bool]:
-            held = [scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
-                    for _ in range(2)]
-            extra = scu().associate("127.0.0.1", node.scp.port, evt_handlers=SCU_HANDLERS, ae_title="SEGNODE")
-            result = [a.is_established for a in held] + [extra.is_established]
-            for a in held:
-                a.release()
-            return result
-        assert await asyncio.to_thread(run) == [True, True, False]
-    finally:
-        await node.stop()
 
 
 async def test_echo_answers_success(node: Node) -> None:
@@ -196,15 +171,11 @@ async def test_instances_of_two_studies_make_two_jobs(node: Node, ct_series: lis
 
 async def test_a_busy_job_store_answers_out_of_resources_and_the_resend_is_kept(
         tmp_path: Path, ct_series: list[Dataset], store_url: str) -> None:
-    node = Node(node_settings(tmp_path, dicom__record_timeout_s="0.5", store__url=store_url))
-    await node.start()
-    try:
+    async with running_node(tmp_path, dicom__record_timeout_s="0.5", store__url=store_url) as node:
         async with node.store.writer_lock.hold():             # another writer holds the store past the timeout
             busy = (await send(node, ct_series[:1]))[0]
         again = (await send(node, ct_series[:1]))[0]
         jobs = await node.store.list_jobs()
-    finally:
-        await node.stop()
     assert busy.Status == StoreStatus.OUT_OF_RESOURCES
     assert "job store unavailable" in busy.ErrorComment
     assert again.Status == StoreStatus.SUCCESS

@@ -78,6 +78,10 @@ class OrthancProcess:
     def get(self, path: str) -> Any:
         return self._request(path)
 
+    def post(self, path: str, body: object) -> Any:
+        """POST `body` as JSON; Orthanc's answer, decoded when it is JSON."""
+        return self._request(path, data=json.dumps(body).encode(), method="POST")
+
     def instances_of_modality(self, modality: str) -> list[dict[str, Any]]:
         out = []
         for series_id in self.get("/series"):

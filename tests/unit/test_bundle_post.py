@@ -95,7 +95,7 @@ def test_a_bundle_that_does_not_reorient_sees_the_volume_as_itk_loads_it(tmp_pat
                                              if t["_target_"] != "Orientationd"]
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     model = BundleSegmenter(root)
-    assert not model._reorients and model.plan is not None
+    assert model.plan is not None
     labels = model.predict(volume)
     assert labels.shape == volume.voxels.shape
     for label, structure in ANATOMY.items():
