@@ -22,6 +22,7 @@ from node.config_keys import check_keys
 from node.delivery.destinations import Destination
 from node.errors import ConfigError
 from node.jobs.routing import Rule
+from node.security import TlsSettings
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config" / "segnode.toml"
 ENV_PREFIX = "SEGNODE_"
@@ -71,6 +72,9 @@ class DicomSettings:
     shutdown_grace_s: float = 30.0
     max_matrix: int = 8192
     max_frames: int = 5000
+    plain_enabled: bool = True              # the plain port (`port`); turn it off when every peer speaks TLS
+    tls_enabled: bool = False               # DICOM over TLS on `tls_port`, with the [tls] certificate
+    tls_port: int = 2762                    # the IANA port for DICOM over TLS
 
     def __post_init__(self) -> None:
         if not _is_ae_title(self.ae_title):
@@ -81,6 +85,9 @@ class DicomSettings:
                 raise ConfigError(f"[dicom] allowed_calling_aes holds {ae!r}, which is not a valid AE title "
                                   "(1-16 printable ASCII characters without '\\')")
         _check_port("dicom", "port", self.port, allow_zero=True)
+        _check_port("dicom", "tls_port", self.tls_port, allow_zero=True)
+        if not self.plain_enabled and not self.tls_enabled:
+            raise ConfigError("[dicom] plain_enabled and tls_enabled are both false: the node would receive nothing")
         if not 1 <= self.max_associations <= 1000:
             raise ConfigError(f"[dicom] max_associations must be 1-1000, got {self.max_associations}")
         if self.max_pdu_bytes != 0 and not 4096 <= self.max_pdu_bytes <= 2**31 - 1:
@@ -231,8 +238,13 @@ class Settings:
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     rules: tuple[Rule, ...] = ()
     destinations: tuple[Destination, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dicom.tls_enabled:
+            self.tls.check_files("dicom")
 
     def destination(self, name: str) -> Destination:
         return next(d for d in self.destinations if d.name == name)
@@ -249,8 +261,10 @@ class Settings:
             if f.name in ("rules", "destinations"):
                 out[f.name] = [r.describe() for r in value]
             else:
-                out[f.name] = dataclasses.asdict(value)
+                out[f.name] = {k: v for k, v in dataclasses.asdict(value).items() if k != "identities"}
         out["store"]["url"] = mask_url(self.store_url)
+        if out["tls"]["key_password"]:
+            out["tls"]["key_password"] = "***"
         for key in ("admin_tokens", "viewer_tokens"):
             out["http"][key] = [f"{t.partition('=')[0] if '=' in t else 'token'}=***" for t in out["http"][key]]
         return out
@@ -259,7 +273,7 @@ class Settings:
 _SECTIONS: dict[str, type] = {
     "node": NodeSettings, "dicom": DicomSettings, "http": HttpSettings,
     "store": StoreSettings, "compute": ComputeSettings, "models": ModelsSettings,
-    "outbox": OutboxSettings,
+    "outbox": OutboxSettings, "tls": TlsSettings,
 }
 
 
@@ -334,7 +348,7 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any]) -> Any:
     for key in raw:
         if (name, key) in _REMOVED_KEYS:
             raise ConfigError(f"[{name}] {key}: {_REMOVED_KEYS[name, key]}")
-    check_keys(raw, {f.name for f in dataclasses.fields(cls)}, f"[{name}]")
+    check_keys(raw, {f.name for f in dataclasses.fields(cls) if f.init}, f"[{name}]")
     return cls(**{k: _coerce(name, k, hints[k], v) for k, v in raw.items()})
 
 
@@ -373,7 +387,11 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _refuse_password_in_file(raw: Mapping[str, Any], path: Path) -> None:
-    """Credentials come from the environment only: a [store] url with a password in a TOML file is refused."""
+    """Credentials come from the environment only: a [store] url with a password, or a [tls] key_password, in a
+    TOML file is refused."""
+    if raw.get("tls", {}).get("key_password"):
+        raise ConfigError(f"[tls] key_password in {path}: a key's password comes from the environment only "
+                          "(SEGNODE_TLS__KEY_PASSWORD); remove it from the file")
     url = raw.get("store", {}).get("url", "")
     if isinstance(url, str) and url_has_password(url):
         raise ConfigError(f"[store] url in {path} holds a password ({mask_url(url)}); put the whole URL in "

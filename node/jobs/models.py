@@ -76,7 +76,8 @@ class JobEventRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only: who listed, viewed or downloaded which study's results."""
+    """Append-only: who listed, viewed or downloaded which study's results, and the security events (refused
+    connections, certificates, tokens): who or what, from where, why (`detail`)."""
 
     __tablename__ = "audit_events"
 
@@ -88,3 +89,4 @@ class AuditRow(Base):
     job_id: Mapped[str] = mapped_column(String(32), default="")
     study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     remote: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(String(256), default="", server_default="")

@@ -62,7 +62,7 @@ class JobReads:
             rows = (await s.execute(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))).scalars().all()
             return [{"id": r.id, "at": aware(r.at).isoformat(), "actor": r.actor, "role": r.role,
                      "action": r.action, "job_id": r.job_id, "study_instance_uid": r.study_instance_uid,
-                     "remote": r.remote} for r in rows]
+                     "remote": r.remote, "detail": r.detail} for r in rows]
 
     async def counts_by_state(self) -> dict[str, int]:
         async with self._session() as s:

@@ -267,7 +267,8 @@ class JobStore(JobReads, JobStats):
             return results
 
     async def audit(self, actor: str, role: str, action: str, job_id: str = "", study_instance_uid: str = "",
-                    remote: str = "") -> None:
+                    remote: str = "", detail: str = "") -> None:
         async with self._write() as s:
             s.add(AuditRow(actor=actor[:64], role=role[:16], action=action[:64], job_id=job_id,
-                           study_instance_uid=study_instance_uid, remote=remote[:64], at=utcnow()))
+                           study_instance_uid=study_instance_uid, remote=remote[:64], detail=detail[:256],
+                           at=utcnow()))

@@ -2,7 +2,7 @@
 
 The node's parts follow the data flow: intake -> jobs <- compute <- results, delivery -> jobs. `jobs` is
 the hub the others write through and imports none of them; the common modules (errors, settings,
-fsutil, bridge, tcp) import no part, except that settings reads the rule and destination types it
+fsutil, bridge, tcp, security) import no part, except that settings reads the rule and destination types it
 validates. ai/ and viewer_api/ import nothing of node/; only node/app.py (the composition root) wires
 viewer_api in. bench/ and tests/ share helpers only through tests/peers/, tests/builders/ and tests/support.py.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from tests.peers.helpers import REPO
 
-COMMON = {"node.errors", "node.fsutil", "node.config_keys", "node.bridge", "node.tcp", "node.settings"}
+COMMON = {"node.errors", "node.fsutil", "node.config_keys", "node.bridge", "node.tcp", "node.security", "node.settings"}
 SHARED = {"tests.peers", "tests.builders", "tests.support"}      # what tests/ and bench/ may import of tests/
 PARTS = {"node.intake", "node.jobs", "node.compute", "node.results", "node.delivery"}
 
@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "node.bridge": set(),
     "node.tcp": set(),
     "node.config_keys": {"node.errors"},
-    "node.settings": {"node.errors", "node.config_keys", "node.jobs.routing", "node.delivery.destinations"},
+    "node.security": {"node.errors"},
+    "node.settings": {"node.errors", "node.config_keys", "node.security", "node.jobs.routing", "node.delivery.destinations"},
     "node.synth": {"node.fsutil"},
     "node.jobs": COMMON,
     "node.intake": COMMON | {"node.jobs"},
