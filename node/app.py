@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import weakref
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp import web
 from ai.bundle import SlidingWindow
 from ai.device import choose_device
 from ai.registry import ModelRegistry
+from node.bridge import LoopBridge
 from node.compute.memory import job_memory_limit_mb
 from node.compute.pipeline import Backend
 from node.compute.process import ModelProcessSpec, ProcessBackend
@@ -28,6 +30,7 @@ from node.intake.ingest import Ingest
 from node.intake.server.receiver import StorageSCP
 from node.jobs.events import EventBus
 from node.jobs.schema import head as schema_head
+from node.jobs.security_log import SecurityLog
 from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.results.dicom import write_dicom_results
@@ -60,6 +63,7 @@ class Node:
         self.workers: list[Worker] = []
         self.outbox: Outbox | None = None
         self.service: NodeService | None = None
+        self.security: SecurityLog | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -75,14 +79,17 @@ class Node:
         backend = await self._start_compute(self.store, registry)
         outbox = self._start_delivery(self.store)
         assert self.spool is not None and self.registry is not None
-        self.scp = StorageSCP(s.dicom, self.spool, ingest.record)
+        self.security = SecurityLog(self.store)
+        self.security.bind(LoopBridge(asyncio.get_running_loop()))
+        self.scp = StorageSCP(s.dicom, self.spool, ingest.record, tls=s.tls, on_security_event=self.security.record)
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,
                                                    self.workers, outbox), websockets)
         await self._start_web(self.store, self.service, websockets)
         await self.scp.start()
-        logger.info("segnode ready: DICOM %s on port %d, HTTP http://%s:%d, data in %s", s.dicom.ae_title,
-                    self.scp.port, s.http.host, self.http_port, s.node.data_path)
+        logger.info("segnode ready: DICOM %s on %s, HTTP on %s:%d, data in %s", s.dicom.ae_title,
+                    ", ".join(f"{kind} port {port}" for kind, port in self.scp.ports().items()), s.http.host,
+                    self.http_port, s.node.data_path)
 
     async def _start_models(self) -> ModelRegistry:
         """Build every model once, so an unusable one is reported at start and its jobs fail at routing."""
@@ -163,6 +170,11 @@ class Node:
             return int(addr[1])
         raise RuntimeError("HTTP server is not listening")
 
+    def reload_tls(self) -> None:
+        """SIGHUP: read the TLS certificate, key, CAs and CRL again; open connections keep their session."""
+        if self.scp is not None and self.settings.dicom.tls_enabled:
+            logger.info("TLS files %s", "reloaded" if self.scp.reload_tls() else "not reloaded (see the error above)")
+
     async def health(self) -> dict[str, object]:
         assert self.service is not None, "the node is not started"
         return await self.service.health()
@@ -197,6 +209,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     node = Node(settings)
     try:
         await node.start()
+        with contextlib.suppress(NotImplementedError, RuntimeError):     # no signals off the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, node.reload_tls)
         await stop.wait()
         logger.info("stop requested: closing the DICOM port, finishing in-flight work")
     finally:

@@ -69,7 +69,7 @@ class NodeService:
             "ok": bool(disk_ok and scp_ok and store_ok),
             "store": {"ok": store_ok, "database": p.store.engine.dialect.name},
             "dicom": {"listening": scp_ok, "ae_title": self._settings.dicom.ae_title,
-                      "port": p.scp.port if scp_ok else None},
+                      "port": p.scp.ports().get("plain"), "tls_port": p.scp.ports().get("tls")},
             "disk": {"free_bytes": free, "floor_bytes": p.spool.min_free_bytes, "ok": disk_ok},
             "jobs": counts,
             "queue_depth": counts.get("queued", 0),

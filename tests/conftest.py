@@ -15,6 +15,7 @@ from node.app import Node
 from node.synth.phantom import Phantom, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
 from tests.builders.bundles import build_bundle, build_threshold_bundle
+from tests.builders.certs import TestPKI, make_pki
 from tests.peers.postgres import PostgresServer
 from tests.support import running_node
 
@@ -41,6 +42,12 @@ def _dump_tasks(_signum: int, _frame: object) -> None:
 
 
 signal.signal(signal.SIGUSR1, _dump_tasks)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """A test PKI made once per session with the openssl CLI (tests/builders/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

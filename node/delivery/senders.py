@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
 from node.delivery.destinations import Destination
-from node.errors import SendError
+from node.errors import ConfigError, SendError
 from node.tcp import on_conn_open
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,44 @@ def _install_reject_notes() -> None:
             _notes_installed = True
 
 
+class _NotingSSLSocket(ssl.SSLSocket):
+    """pynetdicom catches a failed TLS handshake, logs it and returns an aborted association, and an alert the
+    PACS sends after the handshake (TLS 1.3: our certificate refused) ends it the same way. This socket class
+    (the `SSLContext.sslsocket_class` hook) keeps the first such error on its context for the sender."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except OSError as exc:          # an SSLError, or the PACS closing or not answering mid-handshake
+            _note_tls_error(self.context, exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            _note_tls_error(self.context, exc)
+            raise
+
+
+def _note_tls_error(context: ssl.SSLContext, exc: OSError) -> None:
+    if getattr(context, "segnode_tls_error", None) is None:
+        context.segnode_tls_error = exc                     # type: ignore[attr-defined]
+
+
+def tls_reason(exc: OSError) -> str:
+    """OpenSSL's words without their decoration: "certificate verify failed: unable to get local issuer
+    certificate", "tlsv13 alert certificate required", "Connection reset by peer"."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}".rstrip(".")
+    if isinstance(exc, ssl.SSLError):
+        text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+        return re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out"
+    return exc.strerror or type(exc).__name__
+
+
 # Statuses (PS3.4 B.2.3): warnings still mean the object is stored.
 _RETRYABLE_PREFIXES = (0xA7,)             # out of resources
 
@@ -63,6 +103,8 @@ class DicomSender:
         self.dest = dest
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
+        if dest.tls:
+            dest.tls_context()          # at start: ConfigError now if a file does not load or a password is unset
         _install_reject_notes()
 
     def _ae(self) -> AE:
@@ -73,10 +115,40 @@ class DicomSender:
             ae.add_requested_context(sop)
         return ae
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.dest.tls:
+            return None
+        try:
+            context = self.dest.tls_context()
+        except ConfigError as exc:          # a file gone or replaced by a bad one since the node started
+            raise SendError(f"{self.dest.name}: {exc}", retryable=True) from None
+        context.sslsocket_class = _NotingSSLSocket
+        return context
+
+    def _tls_failure(self, context: ssl.SSLContext | None) -> str:
+        """"TLS: <OpenSSL's reason>; <what to check>" for the TLS error this association met, or ""."""
+        exc = getattr(context, "segnode_tls_error", None)
+        if exc is None:
+            return ""
+        d = self.dest
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            hint = (f"the PACS's certificate must be issued by a CA in ca_file {d.ca_file} and carry the name "
+                    f"{d.tls_server_name} (server_name)")
+        elif isinstance(exc, ssl.SSLError) and "alert" in str(exc):
+            hint = ("the PACS ended the handshake: it must trust the certificate Segnode presents"
+                    + (f" ({d.certificate})" if d.certificate else "; none is configured (certificate)"))
+        else:
+            hint = f"is port {d.port} a DICOM TLS port?"
+        return f"TLS: {tls_reason(exc)}; {hint}"
+
     def send(self, paths: Sequence[Path]) -> str:
         d = self.dest
+        context = self._tls_context()
         assoc = self._ae().associate(d.host, d.port, ae_title=d.ae_title,
-                                     evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)])
+                                     evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)],
+                                     tls_args=(context, d.tls_server_name) if context is not None else None)
+        if not assoc.is_established and (failure := self._tls_failure(context)):
+            raise SendError(f"{d.name} at {d.host}:{d.port}: {failure}; nothing was sent", retryable=True)
         if assoc.is_rejected:
             notes = "; ".join(getattr(assoc, "segnode_reject_notes", [])) or "no reason given"
             transient = "Transient" in notes
@@ -91,8 +163,9 @@ class DicomSender:
                 rsp = assoc.send_c_store(ds)
                 status = getattr(rsp, "Status", None)
                 if status is None:
-                    raise SendError(f"{d.name} gave no answer to C-STORE of {path.name} (association lost)",
-                                    retryable=True)
+                    lost = self._tls_failure(context)
+                    raise SendError(f"{d.name} gave no answer to C-STORE of {path.name} (association lost"
+                                    + (f"; {lost}" if lost else "") + ")", retryable=True)
                 if status == 0x0000 or (status >> 12) == 0xB:
                     continue
                 comment = str(getattr(rsp, "ErrorComment", "") or "").strip()
@@ -102,7 +175,8 @@ class DicomSender:
         finally:
             if assoc.is_established:
                 assoc.release()
-        return f"{len(paths)} object(s) stored by {d.name} ({d.ae_title}@{d.host}:{d.port})"
+        over = " over TLS" if context is not None else ""
+        return f"{len(paths)} object(s) stored by {d.name} ({d.ae_title}@{d.host}:{d.port}{over})"
 
 
 class OrthancRestSender:

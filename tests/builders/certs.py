@@ -54,6 +54,7 @@ def _openssl(*args: str, cwd: Path | None = None) -> None:
 class TestCA:
     """One certification authority in `folder`, issuing leaf certificates with `openssl ca` (which can set
     any validity period and keeps the index a CRL is made from)."""
+    __test__ = False                 # a builder, not a test class
 
     def __init__(self, folder: Path, name: str) -> None:
         self.dir = folder
@@ -97,6 +98,7 @@ class TestCA:
 
 @dataclass(frozen=True)
 class TestPKI:
+    __test__ = False
     ca: TestCA
     other_ca: TestCA
     node: Identity                 # the node's server certificate (localhost, 127.0.0.1)

@@ -23,9 +23,11 @@ class NodeProcess:
         self.data_dir = workdir / "data"
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.tls_port = free_port()
         self.log_path = workdir / "node.log"
         self.env = {**os.environ, "SEGNODE_NODE__DATA_DIR": str(self.data_dir),
                     "SEGNODE_DICOM__PORT": str(self.dicom_port), "SEGNODE_HTTP__PORT": str(self.http_port),
+                    "SEGNODE_DICOM__TLS_PORT": str(self.tls_port),
                     "SEGNODE_DICOM__BIND_ADDRESS": "127.0.0.1", "SEGNODE_DICOM__STUDY_QUIET_PERIOD_S": "1",
                     "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1"}
         self.env.update({f"SEGNODE_{k.upper()}": v for k, v in settings.items()})

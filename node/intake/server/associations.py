@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,10 +21,13 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from node.intake.door.door import Door, Refused, StoreRequest
+from node.intake.server.tls import PeerCertificate, certificate_refusal
 from node.intake.wire import upper_layer as ul
 from node.intake.wire.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StoreStatus, store_response
 from node.intake.wire.messages import Incoming, StoreRQ, feed, let_the_door_judge_uids
 from node.jobs.records import InstanceRecord, RecordOutcome
+from node.jobs.security_log import SecurityEvent
+from node.security import TlsSettings
 from node.settings import DicomSettings
 from node.tcp import set_nodelay
 
@@ -54,10 +59,22 @@ class Connection:
     send_timeout_s: float
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
+    tls: bool = False                              # accepted on the TLS port (the handshake comes first)
+    certificate: PeerCertificate | None = None     # the TLS peer's verified certificate, after the handshake
     timeout: ul.SocketTimeout = field(init=False)
 
     def __post_init__(self) -> None:
         self.timeout = ul.SocketTimeout(self.sock)
+
+    def secured(self, sock: ssl.SSLSocket, certificate: PeerCertificate | None) -> None:
+        """The TLS socket replaces the accepted one once the handshake has ended."""
+        self.sock, self.certificate = sock, certificate
+        self.timeout = ul.SocketTimeout(sock)
+
+    @property
+    def remote(self) -> str:
+        host, port = (self.peer if isinstance(self.peer, tuple) else (self.peer, ""))[:2]
+        return f"{host}:{port}"
 
     def send(self, data: bytes) -> None:
         """All of `data`, within the DIMSE timeout; the reader sets its own timeout again before it reads."""
@@ -66,7 +83,12 @@ class Connection:
             self.sock.sendall(data)
 
     def abort(self) -> None:
-        """A-ABORT, then shut the socket: the association thread's next read ends (from any thread)."""
+        """A-ABORT, then shut the socket: the association thread's next read ends (from any thread). On TLS the
+        socket is only shut: the TLS session belongs to the association's thread."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            return
         if self.send_lock.acquire(timeout=1.0):
             try:
                 self.sock.send(ul.abort(), socket.MSG_DONTWAIT)    # a peer that reads nothing is just cut off
@@ -82,9 +104,12 @@ class AssociationServer:
     """Verification + Storage for one association at a time per calling thread: named refusals, timeouts, the
     door's checks and durable writes, and the status only after the lease committed the row."""
 
-    def __init__(self, settings: DicomSettings, door: Door) -> None:
+    def __init__(self, settings: DicomSettings, door: Door, *, tls: TlsSettings | None = None,
+                 on_security_event: Callable[[SecurityEvent], None] | None = None) -> None:
         self.settings = settings
         self.door = door
+        self._tls = tls or TlsSettings()
+        self._on_security_event = on_security_event
         let_the_door_judge_uids()
         self._lock = threading.Lock()
         self._supported: list[PresentationContext] = [build_context(Verification)] + [
@@ -120,6 +145,12 @@ class AssociationServer:
             logger.exception("association from %s aborted on an internal error", conn.peer)
             self._try_send(conn, ul.abort())
 
+    def security_event(self, event: SecurityEvent) -> None:
+        if self._on_security_event is not None:
+            self._on_security_event(event)
+        else:
+            logger.warning("security: %s from %s (%s): %s", event.kind, event.remote, event.actor, event.detail)
+
     @staticmethod
     def _try_send(conn: Connection, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -133,6 +164,12 @@ class AssociationServer:
         if pdu_type != ul.ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {pdu_type}")
         rq, reason, reply, assoc = self._negotiated(body)
+        if not reason and conn.tls:
+            refusal = certificate_refusal(rq.calling_ae_title, conn.certificate, self._tls)
+            if refusal is not None:
+                reason = ul.REJECT_CALLING_AE
+                self.security_event(SecurityEvent("refused ae/certificate", rq.calling_ae_title.strip() or "unknown",
+                                                  conn.remote, refusal))
         if not reason and not lease.establish():
             reason = ul.REJECT_TOO_MANY
         if reason or assoc is None:

@@ -43,6 +43,7 @@ REJECT_TOO_MANY = (2, 3, 2)                  # transient, service provider (pres
 
 
 _READ_AHEAD = 256 * 1024
+_TLS_HANDSHAKE_RECORD = 0x16                 # a TLS record's first byte; no PDU type is 0x16
 
 
 class PeerClosed(ConnectionError):
@@ -82,6 +83,8 @@ class PduReader:
         self._timeout.set(timeout_s)
         deadline = time.monotonic() + timeout_s
         header = self._read(6, deadline, first=True)
+        if header[0] == _TLS_HANDSHAKE_RECORD and header[1] == 3:
+            raise ProtocolError("a TLS handshake on the plain DICOM port (TLS goes to [dicom] tls_port)")
         length = int.from_bytes(header[2:6], "big")
         if length > max_body:
             raise ProtocolError(f"PDU type {header[0]} of {length} bytes exceeds the {max_body} byte limit")
