@@ -23,6 +23,13 @@ def storescu(port: int, files: Sequence[Path] | Path, *, transfer_syntax: str = 
     return subprocess.run(args, capture_output=True, text=True, timeout=scaled(timeout_s), env=peer_env())
 
 
-def echoscu(port: int, *, calling: str = "SCANNER", called: str = "SEGNODE") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("echoscu"), "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+def echoscu(port: int, *, calling: str = "SCANNER", called: str = "SEGNODE",
+            extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("echoscu"), "-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=scaled(30), env=peer_env())
+
+
+def tls_flags(key: Path, cert: Path, ca: Path) -> list[str]:
+    """DCMTK's options for DICOM over TLS with a client certificate (`+tls key cert`), the CA that must vouch
+    for the node's certificate (`+cf`), and its default security profile, non-downgrading BCP 195."""
+    return ["+tls", str(key), str(cert), "+cf", str(ca)]
