@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,17 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_result
 from node.fsutil import write_new
 from node.synth.series import write_series
-from tests.peers.dcmtk import storescu
+from tests.builders.certs import TestPKI, make_pki
+from tests.peers.dcmtk import storescu, tls_flags
 from tests.peers.helpers import REPO, free_port, peer_env, tool, wait_until
 from tests.peers.node_process import NodeProcess
-from tests.peers.orthanc import OrthancProcess
+from tests.peers.orthanc import OrthancProcess, TlsFiles
 
 
-def sender(port: int, called: str) -> Callable[[list[Path]], None]:
-    """Each folder on its own storescu association, all at once."""
+def sender(port: int, called: str, tls: Sequence[str] = ()) -> Callable[[list[Path]], None]:
+    """Each folder on its own storescu association (over TLS with `tls`, storescu's +tls options), all at once."""
     def send(folders: list[Path]) -> None:
         with ThreadPoolExecutor(len(folders)) as pool:
-            results = list(pool.map(lambda f: storescu(port, f, called=called), folders))
+            results = list(pool.map(lambda f: storescu(port, f, called=called, extra=tls), folders))
         assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     return send
 
@@ -150,10 +151,13 @@ def summary(measured: Measured, n: int, mb: float) -> dict[str, Any]:
                             "busy_share": statistics.median(f for _, f, _ in v),
                             "senders_cpu_ms_per_instance": 1000 * statistics.median(c for _, _, c in v) / n}
                         for k, v in machine.items()},
-            "ratios": {f"{k} / {ref}": med[ref_key] / med[k] for k in med if k.startswith("segnode")
+            "ratios": {f"{k} / {ref}": med[ref_key] / med[k] for k in med if k in ("segnode", "segnode_before")
                        for ref, ref_key in (("storescp", "dcmtk_storescp"), ("orthanc", "orthanc"),
                                             ("durable write floor", "durable_write_floor"))
                        if k != "segnode_before" or ref == "orthanc"}
+            | ({"segnode_tls / orthanc_tls": med["orthanc_tls"] / med["segnode_tls"],
+                "segnode_tls / segnode (plain)": med["segnode"] / med["segnode_tls"]}
+               if "segnode_tls" in med else {})
             | ({"segnode / segnode_before (> 1: this checkout is faster)": med["segnode_before"] / med["segnode"]}
                if "segnode_before" in med else {})}
 
@@ -172,6 +176,9 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tls", action="store_true",
+                    help="also DICOM over TLS: Segnode's TLS port and an Orthanc with DicomTlsEnabled, "
+                         "storescu +tls (BCP 195 non-downgrading), same rounds")
     ap.add_argument("--against", default="",
                     help="a git revision: a node of that commit (a temporary worktree) measured in the same rounds")
     args = ap.parse_args()
@@ -182,8 +189,12 @@ def main() -> None:
         parallel = [[study() for _ in range(4)] for _ in range(args.repeat)]
         files = sorted(single[0][0].iterdir())
         n, mb = len(files), sum(f.stat().st_size for f in files) / 1e6
+        # the TLS port is the same node as the plain one: it gets its own fresh copies (a resent instance
+        # is answered from the first copy, which would flatter it)
+        twins = {folder: study() for batch in (*single, *parallel) for folder in batch} if args.tls else {}
         with worktree(args.against, tmp / "against") as against:
-            times1, times4 = measure(tmp, single, parallel, n, against)
+            times1, times4 = measure(tmp, single, parallel, n, against, make_pki(tmp / "pki") if args.tls else None,
+                                     twins)
         fs = file_system(tmp)
     result = {"instances_per_study": n, "megabytes_per_study": mb, "repeat": args.repeat,
               "against": args.against or None, "commit": git_revision(REPO), "file_system": fs,
@@ -203,6 +214,9 @@ def main() -> None:
         for k, v in result[case]["ratios"].items():
             print(f"  {k:32s} {v:5.2f}")
     print("goal: 1 association >= 1.0 x orthanc, 4 associations >= 1.5 x orthanc; stretch >= 0.67 x storescp")
+    if args.tls:
+        print("TLS goal: segnode_tls >= 1.0 x orthanc_tls on 1 association, >= 1.2 x on 4; "
+              "segnode_tls >= 0.85 x segnode (plain)")
     print("wrote", write_result("ingest", result))
 
 
@@ -226,7 +240,8 @@ def worktree(revision: str, path: Path) -> Iterator[Path | None]:
 
 
 def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: int,
-            against: Path | None) -> tuple[Measured, Measured]:
+            against: Path | None, pki: TestPKI | None = None, twins: dict[Path, Path] | None = None,
+            ) -> tuple[Measured, Measured]:
     """Every receiver in interleaved rounds: the durable-write floor, storescp, Orthanc, a Segnode node of this
     checkout ("segnode") and, with `against`, one of that checkout ("segnode_before")."""
     (tmp / "floor").mkdir()
@@ -236,9 +251,16 @@ def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: 
                             "-fe", ".dcm", str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     checkouts = {"segnode": REPO, **({"segnode_before": against} if against is not None else {})}
+    tls = {} if pki is None else {
+        "dicom__tls_enabled": "true", "tls__certificate": str(pki.node.cert), "tls__private_key": str(pki.node.key),
+        "tls__ca_file": str(pki.ca.cert), "tls__peers": "SCANNER=CN:SCANNER"}
     nodes = {name: NodeProcess(tmp / name, node__log_level="WARNING", dicom__study_quiet_period_s="3600",
-                               repo=checkout) for name, checkout in checkouts.items()}
+                               repo=checkout, **(tls if name == "segnode" else {}))
+             for name, checkout in checkouts.items()}
     orthanc = OrthancProcess(tmp / "orthanc")
+    orthanc_tls = None if pki is None else OrthancProcess(tmp / "orthanc_tls", tls=TlsFiles(
+        pki.pacs.cert, pki.pacs.key, pki.ca.cert, client_certificate_required=True))
+    scanner_tls = [] if pki is None else tls_flags(pki.scanner.key, pki.scanner.cert, pki.ca.cert)
     try:
         wait_until(lambda: subprocess.run([tool("echoscu"), "-aec", "REF", "127.0.0.1", str(port)],
                                           capture_output=True).returncode == 0, 10, "storescp")
@@ -252,18 +274,28 @@ def measure(tmp: Path, single: list[list[Path]], parallel: list[list[Path]], n: 
         assert orthanc.proc is not None and all(node.proc is not None for node in nodes.values())
         pids = {"dcmtk_storescp": ref.pid, "orthanc": orthanc.proc.pid,
                 **{name: node.proc.pid for name, node in nodes.items() if node.proc is not None}}
+        if orthanc_tls is not None:
+            orthanc_tls.start()
+            assert orthanc_tls.proc is not None and nodes["segnode"].proc is not None
+            to_node = sender(nodes["segnode"].tls_port, "SEGNODE", scanner_tls)
+            runs["segnode_tls"] = lambda folders: to_node([(twins or {})[f] for f in folders])
+            runs["orthanc_tls"] = sender(orthanc_tls.dicom_port, "ORTHANC", scanner_tls)
+            pids["segnode_tls"], pids["orthanc_tls"] = nodes["segnode"].proc.pid, orthanc_tls.proc.pid
         times1 = rounds(runs, single, pids)
         times4 = rounds(runs, parallel, pids)
         total = n * (len(single) + 4 * len(parallel))
-        for node in nodes.values():
-            wait_until(lambda node=node: node.get("/api/health")["instances_received"] == total, 30,
-                       "every instance recorded")
+        expected = {name: total * (2 if name == "segnode" and orthanc_tls is not None else 1) for name in nodes}
+        for name, node in nodes.items():
+            wait_until(lambda node=node, count=expected[name]: node.get("/api/health")["instances_received"] == count,
+                       30, "every instance recorded")
     finally:
         ref.terminate()
         ref.wait(10)
         for node in nodes.values():
             node.stop()
         orthanc.stop()
+        if orthanc_tls is not None:
+            orthanc_tls.stop()
     return times1, times4
 
 
