@@ -14,10 +14,11 @@ from pydicom.dataset import Dataset
 
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
+from tests.builders.certs import TestPKI, make_pki
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import dciodvfy, wait_until
 from tests.peers.node_process import NodeProcess
-from tests.peers.orthanc import FAST_RETRY, OrthancProcess, dicom_dest, results_in
+from tests.peers.orthanc import FAST_RETRY, OrthancProcess, TlsFiles, dicom_dest, results_in
 
 
 def config(dest: str, rule_dest: str = "pacs") -> str:
@@ -97,6 +98,56 @@ def test_direct_push_results_are_c_stored_to_orthanc(start_node: Callable[..., N
     seg_info, _ = results_in(orthanc)
     assert seg_info[0]["MainDicomTags"]["SOPInstanceUID"] == node.wait_jobs("done", 1)[0]["results"]["files"][0][
         "sop_instance_uid"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_direct_push_results_arrive_in_an_orthanc_over_tls(start_node: Callable[..., NodeProcess],
+                                                           orthancs: list[OrthancProcess], pki: TestPKI,
+                                                           tmp_path: Path) -> None:
+    """Orthanc's DICOM port speaks TLS only and requires a client certificate from our CA: the node presents its
+    own and verifies Orthanc's against the same CA."""
+    orthanc = OrthancProcess(tmp_path / "orthanc", tls=TlsFiles(pki.pacs.cert, pki.pacs.key, pki.ca.cert)).start()
+    orthancs.append(orthanc)
+    node = start_node(config=config(dicom_dest(orthanc, ca_file=pki.ca.cert, certificate=pki.node.cert,
+                                               private_key=pki.node.key, server_name="localhost")))
+    paths, _, _ = phantom_series(tmp_path, slices=20)
+    assert storescu(node.dicom_port, paths).returncode == 0
+    seg_info, sr_info = results_in(orthanc)
+    assert (len(seg_info), len(sr_info)) == (1, 1)
+    job = node.wait_jobs("done", 1)[0]
+    assert {seg_info[0]["MainDicomTags"]["SOPInstanceUID"], sr_info[0]["MainDicomTags"]["SOPInstanceUID"]} \
+        == {f["sop_instance_uid"] for f in job["results"]["files"]}
+    assert any("over TLS" in e["detail"] for e in node.job(job["id"])["events"])
+    assert "TLS error" not in orthanc.log()
+
+
+def test_a_pacs_certificate_from_another_ca_is_retried_with_the_reason_in_the_events(
+        start_node: Callable[..., NodeProcess], orthancs: list[OrthancProcess], pki: TestPKI,
+        tmp_path: Path) -> None:
+    foreign = pki.other_ca.issue("ORTHANC-ELSEWHERE", sans=("DNS:localhost", "IP:127.0.0.1"))
+    orthanc = OrthancProcess(tmp_path / "orthanc", tls=TlsFiles(foreign.cert, foreign.key, pki.ca.cert)).start()
+    orthancs.append(orthanc)
+    node = start_node(config=config(dicom_dest(orthanc, ca_file=pki.ca.cert, certificate=pki.node.cert,
+                                               private_key=pki.node.key)))
+    paths, _, _ = phantom_series(tmp_path, slices=12)
+    assert storescu(node.dicom_port, paths).returncode == 0
+
+    def retried():
+        jobs = node.jobs("sending")
+        return jobs and jobs[0]["results"].get("deliveries", {}).get("pacs", {}).get("attempts", 0) >= 2 and jobs
+    job = wait_until(retried, 60, "at least two failed attempts")[0]
+    reason = "TLS: certificate verify failed: unable to get local issuer certificate"
+    assert reason in job["results"]["deliveries"]["pacs"]["last_error"]
+    events = [e["detail"] for e in node.job(job["id"])["events"]]
+    assert any(d.startswith("attempt 1 to pacs failed") and reason in d for d in events), events
+    log = orthanc.log()
+    assert log.count("Receiving Association failed: TLS error") >= 2     # one handshake per attempt,
+    assert "wrong version number" not in log                            # never a plain association
+    assert orthanc.instances_of_modality("SEG") == []
 
 
 def test_orthanc_down_then_up_gets_exactly_one_copy(start_node: Callable[..., NodeProcess],

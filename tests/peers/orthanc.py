@@ -1,4 +1,4 @@
-"""A real Orthanc (Debian package) on free loopback ports, temp storage, stopped by PID."""
+"""A real Orthanc (Debian package) on free loopback ports, temp storage, stopped by PID; DICOM TLS on request."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import urllib.request
 from base64 import b64encode
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,20 @@ PLUGINS = Path("/usr/share/orthanc/plugins")
 FAST_RETRY = "[outbox]\nretry_initial_s = 0.5\nretry_max_s = 1.0\n"     # node config: retry soon after a refusal
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """Orthanc's DICOM TLS (1.9+): its certificate and key, a PEM bundle of the CAs it trusts, and whether a
+    calling AE must present a certificate those CAs issued. With TLS on, its DICOM port speaks TLS only, and
+    each failed handshake is logged as "Receiving Association failed: TLS error: <reason>"."""
+    certificate: Path
+    private_key: Path
+    trusted: Path
+    client_certificate_required: bool = True
+
+
 class OrthancProcess:
     def __init__(self, workdir: Path, *, segnode_port: int | None = None, users: dict[str, str] | None = None,
-                 stable_age_s: int = 1, check_called_aet: bool = True) -> None:
+                 stable_age_s: int = 1, check_called_aet: bool = True, tls: TlsFiles | None = None) -> None:
         self.workdir = workdir
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -34,6 +46,11 @@ class OrthancProcess:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "DicomModalities": {}, "HttpTimeout": 10, "DicomScuTimeout": 10,
         }
+        if tls is not None:
+            self.config.update(DicomTlsEnabled=True, DicomTlsCertificate=str(tls.certificate),
+                               DicomTlsPrivateKey=str(tls.private_key), DicomTlsTrustedCertificates=str(tls.trusted),
+                               DicomTlsRemoteCertificateRequired=tls.client_certificate_required)
+        self.tls = tls
         if segnode_port is not None:
             self.forward_to(segnode_port)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,6 +99,10 @@ class OrthancProcess:
         """POST `body` as JSON; Orthanc's answer, decoded when it is JSON."""
         return self._request(path, data=json.dumps(body).encode(), method="POST")
 
+    def delete_all_instances(self) -> None:
+        for instance_id in self.get("/instances"):
+            self._request(f"/instances/{instance_id}", method="DELETE")
+
     def instances_of_modality(self, modality: str) -> list[dict[str, Any]]:
         out = []
         for series_id in self.get("/series"):
@@ -115,10 +136,14 @@ class OrthancProcess:
         self.proc = None
 
 
-def dicom_dest(o: OrthancProcess, ae_title: str | None = None) -> str:
-    """A node `[[destinations]]` table (without the header) named "pacs" that sends to this Orthanc."""
-    return (f'name = "pacs"\nkind = "dicom"\nhost = "127.0.0.1"\nport = {o.dicom_port}\n'
-            f'ae_title = "{ae_title or o.ae_title}"')
+def dicom_dest(o: OrthancProcess, ae_title: str | None = None, **tls: str | Path) -> str:
+    """A node `[[destinations]]` table (without the header) named "pacs" that sends to this Orthanc; `tls` keys
+    (ca_file, certificate, private_key, key_password_env, server_name) make it a DICOM TLS destination."""
+    table = (f'name = "pacs"\nkind = "dicom"\nhost = "127.0.0.1"\nport = {o.dicom_port}\n'
+             f'ae_title = "{ae_title or o.ae_title}"')
+    if tls:
+        table += "\ntls = true" + "".join(f'\n{key} = "{value}"' for key, value in tls.items())
+    return table
 
 
 def results_in(o: OrthancProcess, count: int = 1, timeout_s: float = 60) -> tuple[list[dict], list[dict]]:
