@@ -9,7 +9,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +130,7 @@ def server_context(tls: TlsSettings, *, client_certificate: str | None = None) -
     ctx.set_ciphers(tls.ciphers)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
-        ctx.load_cert_chain(tls.certificate, tls.private_key, password=tls.key_password or None)
+        ctx.load_cert_chain(tls.certificate, tls.private_key, password=_password(tls.key_password))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"[tls] cannot load the certificate {tls.certificate} with its key {tls.private_key}: "
                           f"{_reason(exc)} (an encrypted key needs SEGNODE_TLS__KEY_PASSWORD)") from None
@@ -154,10 +154,21 @@ def client_context(ca_file: str, certificate: str = "", private_key: str = "", k
     try:
         ctx.load_verify_locations(cafile=ca_file)
         if certificate:
-            ctx.load_cert_chain(certificate, private_key or None, password=key_password or None)
+            ctx.load_cert_chain(certificate, private_key or None, password=_password(key_password))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"TLS client files ({ca_file}, {certificate or 'no certificate'}): {_reason(exc)}") from None
     return ctx
+
+
+def _password(value: str) -> Callable[[], str]:
+    """What OpenSSL calls for an encrypted key: the password, or an error (never a prompt at a terminal)."""
+    def supply() -> str:
+        if not value:
+            raise ConfigError("the private key is encrypted and no password was given (an encrypted key's password "
+                              "comes from the environment: SEGNODE_TLS__KEY_PASSWORD, or a destination's "
+                              "key_password_env)")
+        return value
+    return supply
 
 
 def _load_trust(ctx: ssl.SSLContext, tls: TlsSettings) -> None:

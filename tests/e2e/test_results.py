@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from node.synth.phantom import BONE, LUNGS, make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.builders.certs import TestPKI, make_pki
+from tests.builders.certs import TestPKI
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import dciodvfy, wait_until
 from tests.peers.node_process import NodeProcess
@@ -100,9 +100,6 @@ def test_direct_push_results_are_c_stored_to_orthanc(start_node: Callable[..., N
         "sop_instance_uid"]
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_direct_push_results_arrive_in_an_orthanc_over_tls(start_node: Callable[..., NodeProcess],

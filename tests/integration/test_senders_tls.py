@@ -24,7 +24,7 @@ from node.results.seg import build_segmentation
 from node.results.sr import build_report
 from node.synth.phantom import Phantom
 from node.synth.series import SeriesIds, phantom_datasets
-from tests.builders.certs import PASSWORD, Identity, TestPKI, make_pki
+from tests.builders.certs import PASSWORD, Identity, TestPKI
 from tests.peers.helpers import wait_until
 from tests.peers.orthanc import OrthancProcess, TlsFiles
 
@@ -34,9 +34,6 @@ TLS_ERROR = "Receiving Association failed: TLS error"      # Orthanc's log line 
 PLAIN_AT_TLS_PORT = "wrong version number"                # what OpenSSL says when plain DICOM reaches it
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
