@@ -21,6 +21,7 @@ from tests.builders.certs import Identity, TestPKI
 from tests.peers.dcmtk import echoscu, storescu, tls_flags
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess
+from tests.peers.orthanc import OrthancProcess, TlsFiles
 
 PHI_NAME, PHI_ID = "Tlsname^Marker", "PHI-TLS-4242"
 
@@ -111,3 +112,25 @@ def test_kill_9_mid_transfer_over_tls_loses_nothing_acknowledged(start_node: Cal
     stored = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in node.spooled()}
     assert set(acknowledged) <= stored
     assert node.jobs("receiving")[0]["instance_count"] == len(stored)
+
+
+def test_orthanc_forwards_a_study_to_segnode_over_tls(start_node: Callable[..., NodeProcess], tmp_path: Path,
+                                                      pki: TestPKI) -> None:
+    """Orthanc 1.10 with DicomTlsEnabled, Segnode registered with UseDicomTls: the study crosses in TLS, Orthanc
+    presenting its own certificate (CN=ORTHANC), which [tls] peers binds to its AE title."""
+    node = start_node(**tls_settings(pki))
+    orthanc = OrthancProcess(tmp_path / "orthanc", tls=TlsFiles(pki.pacs.cert, pki.pacs.key, pki.ca.cert))
+    orthanc.forward_to(node.tls_port, tls=True)
+    orthanc.config["LuaScripts"] = []                       # forwarded by hand below, once stored
+    orthanc.start()
+    try:
+        paths = write_series(tmp_path / "s", slices=20, rows=64, ids=SeriesIds())
+        stored = storescu(orthanc.dicom_port, paths, called="ORTHANC", extra=as_scanner(pki.scanner, pki))
+        assert stored.returncode == 0, stored.stderr
+        study_id = orthanc.get("/studies")[0]
+        job = orthanc.post("/modalities/segnode/store", {"Resources": [study_id], "Synchronous": True})
+        assert job["InstancesCount"] == 20 and job["FailedInstancesCount"] == 0
+    finally:
+        orthanc.stop()
+    [job] = node.wait_jobs("done", 1)
+    assert (job["calling_ae"], job["instance_count"]) == ("ORTHANC", 20)

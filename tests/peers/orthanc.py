@@ -55,9 +55,12 @@ class OrthancProcess:
             self.forward_to(segnode_port)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def forward_to(self, segnode_port: int) -> None:
-        """Register Segnode as modality "segnode" and load the forwarding rule from config/orthanc/."""
-        self.config["DicomModalities"] = {"segnode": ["SEGNODE", "127.0.0.1", segnode_port]}
+    def forward_to(self, segnode_port: int, *, tls: bool = False) -> None:
+        """Register Segnode as modality "segnode" (over DICOM TLS with `tls`: Orthanc then presents its own
+        certificate as the client one) and load the forwarding rule from config/orthanc/."""
+        self.config["DicomModalities"] = {"segnode": (
+            {"AET": "SEGNODE", "Host": "127.0.0.1", "Port": segnode_port, "UseDicomTls": True} if tls
+            else ["SEGNODE", "127.0.0.1", segnode_port])}
         self.config["LuaScripts"] = [str(LUA)]
 
     @property
