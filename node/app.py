@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
+import ssl
 import weakref
 
 from aiohttp import web
@@ -35,6 +36,7 @@ from node.jobs.store import JobStore
 from node.results.basic import write_basic_results
 from node.results.dicom import write_dicom_results
 from node.results.preview import write_previews
+from node.security import ReloadingContext
 from node.service import NodeService, RunningParts
 from node.settings import Settings, mask_url
 from viewer_api.app import init_app
@@ -151,17 +153,37 @@ class Node:
         h = self.settings.http
         auth = TokenAuth(h.admin_tokens, h.viewer_tokens, h.cors_origins)
         host = h.host
-        if not auth.enabled and host not in LOOPBACK:
-            logger.warning("no [http] admin_tokens or viewer_tokens configured: HTTP listens on 127.0.0.1 only, "
-                           "not on %s", host)
+        missing = [what for what, ok in (("[http] https = true", h.https),
+                                         ("[http] admin_tokens or viewer_tokens", auth.enabled)) if not ok]
+        if host not in LOOPBACK and missing:
+            logger.warning("HTTP listens on 127.0.0.1 only, not on %s: beyond loopback it needs %s", host,
+                           " and ".join(missing))
             host = "127.0.0.1"
         elif not auth.enabled:
             logger.info("no HTTP tokens configured: the API is open to local users only (loopback)")
+        ssl_context = None
+        if h.https:
+            def rotation_failed(reason: str) -> None:        # in a handshake, on the loop: the old certificate stays
+                logger.warning("HTTPS keeps its current certificate: the changed [tls] files do not load: %s", reason)
+                self._spawn(store.audit("-", "security", "https certificate not reloaded", detail=reason),
+                            "audit-https-certificate")
+            certificates = ReloadingContext(self.settings.tls, client_certificate="none", on_error=rotation_failed)
+            ssl_context = certificates.get()
+
+            def newest_certificate(connection: ssl.SSLObject, server_name: str | None,
+                                   listening: ssl.SSLContext) -> None:
+                current = certificates.get()                # the files are looked at once a second at most
+                if current is not listening:                # a rotated certificate, for this new connection
+                    connection.context = current
+            ssl_context.sni_callback = newest_certificate    # called on every handshake, with SNI or without
         app = init_app(store, service, auth, ws_queue_size=h.ws_queue_size, ws_heartbeat_s=h.ws_heartbeat_s,
-                       websockets=websockets)
+                       websockets=websockets, https=h.https)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, h.port).start()
+        await web.TCPSite(self._runner, host, h.port, ssl_context=ssl_context).start()
+        if h.https:
+            logger.info("HTTPS only on https://%s:%d (Strict-Transport-Security; certificate %s, picked up again "
+                        "when it changes)", host, self.http_port, self.settings.tls.certificate)
 
     @property
     def http_port(self) -> int:

@@ -114,6 +114,7 @@ class HttpSettings:
     cors_origins: tuple[str, ...] = ()       # origins (scheme://host:port) allowed to call the API / WebSocket
     ws_queue_size: int = 1000                # events buffered per WebSocket client before it must resync
     ws_heartbeat_s: float = 20.0
+    https: bool = False                      # HTTPS/WSS only, with the [tls] certificate (needed beyond loopback)
 
     def __post_init__(self) -> None:
         for t in (*self.admin_tokens, *self.viewer_tokens):
@@ -245,6 +246,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.dicom.tls_enabled:
             self.tls.check_files("dicom")
+        if self.http.https:
+            self.tls.check_files("http")
 
     def destination(self, name: str) -> Destination:
         return next(d for d in self.destinations if d.name == name)

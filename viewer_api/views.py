@@ -9,7 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from viewer_api.auth import LOCAL_ADMIN, PRINCIPAL, Principal
-from viewer_api.keys import JOBS, NODE
+from viewer_api.keys import JOBS, NODE, SECURITY, TICKETS
+from viewer_api.security_log import is_security_event
 
 JOB_STATES = {"receiving", "queued", "running", "sending", "done", "failed", "cancelled", "ignored"}
 STATIC = Path(__file__).resolve().parent / "static"
@@ -125,8 +126,26 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"models": await request.app[NODE].models()})
 
 
+async def ws_ticket(request: web.Request) -> web.Response:
+    """A single-use ticket for one WebSocket open (the browser cannot send a header with it), for the caller."""
+    book = request.app[TICKETS]
+    return web.json_response({"ticket": book.issue(who(request)), "expires_in_s": book.ttl_s},
+                             headers={"Cache-Control": "no-store"})
+
+
+SECURITY_SCAN = 5000          # security=true looks for security events among this many newest audit rows
+
+
 async def audit_log(request: web.Request) -> web.Response:
-    return web.json_response({"audit": await request.app[JOBS].audit_log(int_param(request, "limit", 200, 1, 5000))})
+    limit = int_param(request, "limit", 200, 1, SECURITY_SCAN)
+    security = request.query.get("security", "").lower()
+    if security not in ("", "true", "false", "1", "0"):
+        raise json_error(web.HTTPBadRequest, f"security must be true or false, got {security!r}")
+    if security in ("true", "1"):
+        rows = [r for r in await request.app[JOBS].audit_log(SECURITY_SCAN) if is_security_event(r)][:limit]
+    else:
+        rows = await request.app[JOBS].audit_log(limit)
+    return web.json_response({"audit": rows})
 
 
 async def openapi(request: web.Request) -> web.FileResponse:
@@ -144,5 +163,14 @@ async def metrics(request: web.Request) -> web.Response:
             ("websocket_clients", "gauge", "Connected WebSocket clients.")):
         lines += [f"# HELP segnode_{name} {help_text}", f"# TYPE segnode_{name} {kind}",
                   f"segnode_{name} {m[name]}"]
+    events = request.app[SECURITY].counts.copy()       # the HTTP door's; the node adds the DICOM door's
+    events.update(m.get("security_events", {}))
+    lines += ["# HELP segnode_security_events_total Refused tokens, tickets, TLS handshakes and certificates "
+              "since start, by kind.", "# TYPE segnode_security_events_total counter"]
+    lines += [f'segnode_security_events_total{{kind="{_label(k)}"}} {n}' for k, n in sorted(events.items())]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

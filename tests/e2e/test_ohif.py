@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class Site:
     node: NodeProcess
     browser: Browser
     workdir: Path
+    urls: list[str] = field(default_factory=list)     # every URL the pages requested, WebSockets included
 
     def api(self, path: str) -> Any:
         req = urllib.request.Request(f"http://127.0.0.1:{self.node.http_port}{path}",
@@ -70,6 +71,8 @@ class Site:
 
     def open_study(self, study_instance_uid: str) -> Page:
         page = self.browser.new_page(viewport={"width": 1600, "height": 900})
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("websocket", lambda ws: self.urls.append(ws.url))
         # OHIF's first-visit tour may open at any moment and cover the page: skip it whenever it shows
         page.add_locator_handler(page.get_by_role("button", name="Skip all").first, lambda skip: skip.click())
         page.goto(f"{self.ohif.url}/viewer?StudyInstanceUIDs={study_instance_uid}")
@@ -143,6 +146,11 @@ def test_results_appear_in_the_open_study_without_a_reload(site: Site) -> None:
     assert page.locator(PANEL).locator("visible=true").count() == 0            # it is OHIF's list, not ours
     page.screenshot(path=str(ARTIFACTS / "ohif-seg-hydrated.png"))
     page.close()
+    segnode = f"127.0.0.1:{site.node.http_port}"
+    sockets = [url for url in site.urls if url.startswith(f"ws://{segnode}/")]
+    assert sockets and all("ticket=" in url for url in sockets)                 # a single-use ticket each time
+    assert f"http://{segnode}/api/ws-ticket" in site.urls
+    assert not [url for url in site.urls if VIEWER_TOKEN in url or "token=" in url]
 
 
 def test_a_failed_job_shows_its_reason(site: Site) -> None:

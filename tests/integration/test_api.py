@@ -160,7 +160,8 @@ async def test_tokens_roles_phi_and_cors(tmp_path: Path, caplog: pytest.LogCaptu
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await http.ws_connect("/ws/jobs")
             assert info.value.status == 401
-            async with http.ws_connect("/ws/jobs?token=" + "v" * 24) as ws:
+            ticket = (await (await http.post("/api/ws-ticket", headers=viewer)).json())["ticket"]
+            async with http.ws_connect(f"/ws/jobs?ticket={ticket}") as ws:
                 assert (await ws.receive()).json()["type"] == "snapshot"
             audit = (await (await http.get("/api/audit", headers=admin)).json())["audit"]
             assert {"viewer", "admin"} <= {a["actor"] for a in audit}

@@ -7,9 +7,12 @@
 //   segnode: { wsUrl: 'wss://segnode.example.org/ws/jobs', token: '<viewer token, if the node needs one>' },
 //   customizationService: { mode: { '*': { rightPanels: { $push: ['segnode.panelModule.jobs'] } } } },  // optional
 //
-// It talks to nothing but that node: it opens /ws/jobs?study=<open study> and, when a job is done,
-// GET /api/jobs/<id> for its measurements. It sends no patient data anywhere; the new series are
-// fetched from the PACS through OHIF's own data source, as OHIF fetches everything else.
+// It talks to nothing but that node: for each (re)connection it trades the token (in the Authorization
+// header) for a single-use ticket, POST /api/ws-ticket, and opens /ws/jobs?study=<open study>&ticket=...
+// (a browser WebSocket cannot send a header, and the token must never be in a URL); when a job is done,
+// GET /api/jobs/<id> for its measurements. The API's scheme follows wsUrl's: wss -> https. It sends no
+// patient data anywhere; the new series are fetched from the PACS through OHIF's own data source, as OHIF
+// fetches everything else.
 
 const EXTENSION_ID = 'segnode';
 const PANEL_TAG = 'segnode-jobs';
@@ -29,12 +32,23 @@ function sleep(ms) {
   return new Promise(resolve => setTimeout(resolve, ms));
 }
 
-function socketUrl(study, since) {
+function authHeaders() {
+  return state.config.token ? { Authorization: `Bearer ${state.config.token}` } : {};
+}
+
+// A ticket opens one socket, once, within 30 s; the token itself stays in headers.
+async function ticket() {
+  const response = await fetch(apiUrl('/api/ws-ticket'), { method: 'POST', headers: authHeaders() });
+  if (!response.ok) throw new Error(`POST /api/ws-ticket: HTTP ${response.status}`);
+  return (await response.json()).ticket;
+}
+
+async function socketUrl(study, since) {
   const url = new URL(state.config.wsUrl, window.location.href);
   url.protocol = url.protocol === 'https:' || url.protocol === 'wss:' ? 'wss:' : 'ws:';
   url.searchParams.set('study', study);
   if (since !== null) url.searchParams.set('since', String(since));
-  if (state.config.token) url.searchParams.set('token', state.config.token);
+  url.searchParams.set('ticket', await ticket());
   return url.toString();
 }
 
@@ -76,19 +90,32 @@ class StudyWatch {
     this.retries = 0;
   }
 
-  open() {
+  async open() {
     if (this.closed) return;
-    const ws = new WebSocket(socketUrl(this.study, this.lastSeq));
+    let url;
+    try {
+      url = await socketUrl(this.study, this.lastSeq);
+    } catch (error) {
+      console.warn('segnode: no WebSocket ticket', error);
+      this.reconnect();
+      return;
+    }
+    if (this.closed) return;
+    const ws = new WebSocket(url);
     this.socket = ws;
     ws.onmessage = message => this.receive(JSON.parse(message.data));
     ws.onclose = () => {
       if (this.socket !== ws || this.closed) return;
-      this.status = 'reconnecting';
-      render();
-      const wait = RETRY_MS[Math.min(this.retries, RETRY_MS.length - 1)];
-      this.retries += 1;
-      setTimeout(() => this.open(), wait);
+      this.reconnect();
     };
+  }
+
+  reconnect() {
+    this.status = 'reconnecting';
+    render();
+    const wait = RETRY_MS[Math.min(this.retries, RETRY_MS.length - 1)];
+    this.retries += 1;
+    setTimeout(() => this.open(), wait);
   }
 
   close() {
@@ -162,8 +189,7 @@ class StudyWatch {
 
   async fetchJob(job) {
     try {
-      const headers = state.config.token ? { Authorization: `Bearer ${state.config.token}` } : {};
-      const response = await fetch(apiUrl(`/api/jobs/${encodeURIComponent(job.id)}`), { headers });
+      const response = await fetch(apiUrl(`/api/jobs/${encodeURIComponent(job.id)}`), { headers: authHeaders() });
       if (!response.ok) return;
       const body = await response.json();
       job.model = body.model;

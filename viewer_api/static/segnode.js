@@ -160,11 +160,36 @@ async function models() {
   } catch (e) { document.querySelector("#models tbody").replaceChildren(); }
 }
 
-function connect() {
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const q = new URLSearchParams(); if (lastSeq) q.set("since", lastSeq); if (token) q.set("token", token);
-  const ws = new WebSocket(`${proto}://${location.host}/ws/jobs?${q}`);
+// Refused tokens, tickets, TLS handshakes and certificates, from either door. /api/audit is for admins: a
+// viewer gets 403 and the table stays hidden.
+async function securityEvents() {
+  const box = document.getElementById("security");
+  try {
+    const rsp = await fetch("/api/audit?security=true&limit=50", { headers: headers() });
+    if (!rsp.ok) { box.hidden = true; return; }
+    const rows = (await rsp.json()).audit;
+    box.hidden = false;
+    const tbody = document.querySelector("#security-events tbody");
+    if (!rows.length) { const none = cell("none", "note"); none.colSpan = 5; tbody.replaceChildren(document.createElement("tr")); tbody.firstChild.append(none); return; }
+    tbody.replaceChildren(...rows.map((r) => {
+      const tr = document.createElement("tr"); tr.dataset.kind = r.action;
+      tr.append(cell(new Date(r.at).toLocaleString()), cell(r.action), cell(r.actor === "-" ? r.role : `${r.actor} (${r.role})`),
+        cell(r.remote), cell(r.detail, "detail"));
+      return tr;
+    }));
+  } catch (e) { box.hidden = true; }
+}
+
+// A browser cannot send the Authorization header with a WebSocket, and a token in a URL would end up in logs:
+// trade the token (in a header) for a single-use ticket, then open the socket with it within 30 s.
+async function connect() {
   const live = document.getElementById("live");
+  let ticket;
+  try { ticket = (await api("/api/ws-ticket", { method: "POST" })).ticket; }
+  catch (e) { live.classList.remove("on"); setTimeout(connect, 2000); return; }
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const q = new URLSearchParams({ ticket }); if (lastSeq) q.set("since", lastSeq);
+  const ws = new WebSocket(`${proto}://${location.host}/ws/jobs?${q}`);
   ws.onopen = () => live.classList.add("on");
   ws.onmessage = (m) => {
     const msg = JSON.parse(m.data);
@@ -195,7 +220,7 @@ function keyboard() {
 async function start() {
   keyboard();
   await fetchJobs();
-  health(); models(); connect(); startInsight();
-  setInterval(health, 5000); setInterval(render, 10000); setInterval(models, 30000);
+  health(); models(); securityEvents(); connect(); startInsight();
+  setInterval(health, 5000); setInterval(render, 10000); setInterval(models, 30000); setInterval(securityEvents, 30000);
 }
 start();
