@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.segnode-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm chromium postgresql
+PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb orthanc-gdcm chromium postgresql openssl libnss3-tools
 
 .PHONY: run test install peers ohif lint unit bench clean
 
@@ -25,6 +25,7 @@ run: install
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null \
 	    || ! command -v chromium >/dev/null \
+	    || ! command -v openssl >/dev/null || ! command -v certutil >/dev/null \
 	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; }; then \
 	  $(SUDO) apt-get update -qq && \

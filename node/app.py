@@ -86,7 +86,7 @@ class Node:
         self.scp = StorageSCP(s.dicom, self.spool, ingest.record, tls=s.tls, on_security_event=self.security.record)
         websockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.service = NodeService(s, RunningParts(self.store, self.spool, ingest, self.scp, self.registry, backend,
-                                                   self.workers, outbox), websockets)
+                                                   self.workers, outbox, self.security), websockets)
         await self._start_web(self.store, self.service, websockets)
         await self.scp.start()
         logger.info("segnode ready: DICOM %s on %s, HTTP on %s:%d, data in %s", s.dicom.ae_title,

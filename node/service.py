@@ -22,6 +22,7 @@ from node.intake.server.receiver import StorageSCP
 from node.jobs.events import Subscription
 from node.jobs.records import JobEvent, JobView
 from node.jobs.routing import SeriesInfo, explain, route
+from node.jobs.security_log import SecurityLog
 from node.jobs.states import JobState
 from node.jobs.store import JobStore
 from node.settings import Settings
@@ -41,6 +42,7 @@ class RunningParts:
     backend: Backend
     workers: Sequence[Worker]
     outbox: Outbox
+    security: SecurityLog
 
 
 class NodeService:
@@ -87,7 +89,8 @@ class NodeService:
                 "instances_received_total": self._p.ingest.instances_received,
                 "send_failures_total": self._p.outbox.send_failures,
                 "inference_seconds_total": self._inference_seconds(),
-                "websocket_clients": len(self._websockets)}
+                "websocket_clients": len(self._websockets),
+                "security_events": self._p.security.counts()}
 
     async def models(self) -> list[dict[str, Any]]:
         statuses = await asyncio.to_thread(self._p.registry.status)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -22,11 +21,6 @@ REFUSED_TOKEN = "refused token"
 REFUSED_TOKEN_IN_URL = "refused token in url"
 REFUSED_TICKET = "refused ticket"
 HTTP_KINDS = (REFUSED_TOKEN, REFUSED_TOKEN_IN_URL, REFUSED_TICKET)
-
-
-def is_security_event(row: Mapping[str, Any]) -> bool:
-    """An audit row that the status page and /metrics show as a security event, whichever door wrote it."""
-    return str(row.get("action", "")).startswith("refused") or row.get("role") == "security"
 
 
 class SecurityLog:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ from aiohttp import web
 
 from viewer_api.auth import LOCAL_ADMIN, PRINCIPAL, Principal
 from viewer_api.keys import JOBS, NODE, SECURITY, TICKETS
-from viewer_api.security_log import is_security_event
 
 JOB_STATES = {"receiving", "queued", "running", "sending", "done", "failed", "cancelled", "ignored"}
 STATIC = Path(__file__).resolve().parent / "static"
@@ -133,16 +133,16 @@ async def ws_ticket(request: web.Request) -> web.Response:
                              headers={"Cache-Control": "no-store"})
 
 
-SECURITY_SCAN = 5000          # security=true looks for security events among this many newest audit rows
+MAX_AUDIT_ROWS = 5000
 
 
 async def audit_log(request: web.Request) -> web.Response:
-    limit = int_param(request, "limit", 200, 1, SECURITY_SCAN)
+    limit = int_param(request, "limit", 200, 1, MAX_AUDIT_ROWS)
     security = request.query.get("security", "").lower()
     if security not in ("", "true", "false", "1", "0"):
         raise json_error(web.HTTPBadRequest, f"security must be true or false, got {security!r}")
     if security in ("true", "1"):
-        rows = [r for r in await request.app[JOBS].audit_log(SECURITY_SCAN) if is_security_event(r)][:limit]
+        rows = await request.app[JOBS].audit_log(limit, security=True)
     else:
         rows = await request.app[JOBS].audit_log(limit)
     return web.json_response({"audit": rows})
@@ -163,7 +163,7 @@ async def metrics(request: web.Request) -> web.Response:
             ("websocket_clients", "gauge", "Connected WebSocket clients.")):
         lines += [f"# HELP segnode_{name} {help_text}", f"# TYPE segnode_{name} {kind}",
                   f"segnode_{name} {m[name]}"]
-    events = request.app[SECURITY].counts.copy()       # the HTTP door's; the node adds the DICOM door's
+    events = Counter(request.app[SECURITY].counts)     # the HTTP door's, and the node's DICOM door's
     events.update(m.get("security_events", {}))
     lines += ["# HELP segnode_security_events_total Refused tokens, tickets, TLS handshakes and certificates "
               "since start, by kind.", "# TYPE segnode_security_events_total counter"]

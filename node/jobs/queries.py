@@ -57,9 +57,14 @@ class JobReads:
         async with self._session() as s:
             return int((await s.execute(select(func.max(JobEventRow.seq)))).scalar_one() or 0)
 
-    async def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
+    async def audit_log(self, limit: int = 200, *, security: bool = False) -> list[dict[str, Any]]:
+        """The newest audit rows; with `security`, only security events (an action starting "refused", or the
+        role "security"), however old."""
+        query = select(AuditRow)
+        if security:
+            query = query.where(or_(AuditRow.action.startswith("refused"), AuditRow.role == "security"))
         async with self._session() as s:
-            rows = (await s.execute(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))).scalars().all()
+            rows = (await s.execute(query.order_by(AuditRow.id.desc()).limit(limit))).scalars().all()
             return [{"id": r.id, "at": aware(r.at).isoformat(), "actor": r.actor, "role": r.role,
                      "action": r.action, "job_id": r.job_id, "study_instance_uid": r.study_instance_uid,
                      "remote": r.remote, "detail": r.detail} for r in rows]

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -119,6 +120,11 @@ async def test_a_certificate_presented_for_another_ae_is_rejected_by_name(tls_no
     assert "CN=SCANNER" in row["detail"] and "'PACS'" in row["detail"] and row["remote"].startswith("127.0.0.1:")
     stranger_ae = await asyncio.to_thread(associate, tls_node.scp.tls_port, client(pki.scanner, pki), "NOBODY")
     assert stranger_ae.is_rejected
+    assert tls_node.service is not None
+    assert (await tls_node.service.metrics())["security_events"] == {"refused ae/certificate": 2}
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{tls_node.http_port}/metrics") as rsp:
+        assert 'segnode_security_events_total{kind="refused ae/certificate"} 2' in await rsp.text()
     statuses = await asyncio.to_thread(store_over, tls_node.scp.tls_port, client(pki.scanner, pki), ct_series[:1])
     assert statuses == [StoreStatus.SUCCESS]                               # the right one still gets in
 
