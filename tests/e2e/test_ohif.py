@@ -1,4 +1,9 @@
-"""Segnode inside a real OHIF 3.13.2 (npm build) on a real Orthanc, in Debian's headless Chromium.
+"""Segnode inside a real OHIF 3.13.2 (npm build) on a real Orthanc, in Debian's headless Chromium, over HTTPS/WSS.
+
+The viewer is served over HTTPS and Segnode (`[http] https = true`) on its own HTTPS origin, both with
+certificates from the test CA, which Chromium trusts through its NSS database as a managed browser
+would (no certificate error is ignored); the extension's wsUrl is `wss://`. Every URL the pages
+requested is https/wss and none carries the token (the WebSocket opens with a single-use ticket).
 
 What a radiologist sees: the Segnode panel follows the open study's job state by state, a toast
 appears, the SEG and SR thumbnails appear in the open study without a reload and the SEG
@@ -8,19 +13,20 @@ resumed with `since` and nothing is missed; a study with no job says so.
 
 from __future__ import annotations
 
-import json
-import urllib.request
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from node.synth.phantom import make_phantom
 from node.synth.series import SeriesIds, phantom_datasets, write_datasets
-from tests.peers.chromium import ARGS, CHROMIUM
+from tests.builders.certs import TestPKI
+from tests.peers.chromium import ARGS, CHROMIUM, trusting
 from tests.peers.dcmtk import storescu
 from tests.peers.helpers import REPO, scaled, wait_until
 from tests.peers.node_process import NodeProcess
@@ -57,10 +63,17 @@ class Site:
     urls: list[str] = field(default_factory=list)     # every URL the pages requested, WebSockets included
 
     def api(self, path: str) -> Any:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.node.http_port}{path}",
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        with urllib.request.urlopen(req, timeout=scaled(10)) as rsp:
-            return json.loads(rsp.read())
+        return self.node.get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+    def assert_https_only(self) -> None:
+        """Every URL the pages requested so far went over TLS (the viewer's, Orthanc's DICOMweb behind it,
+        Segnode's API and job stream), and none carried the token."""
+        schemes = {urlsplit(url).scheme for url in self.urls}                      # data:, blob: never leave the page
+        assert schemes and schemes <= {"https", "wss", "data", "blob"}, sorted(schemes)
+        assert not [url for url in self.urls if VIEWER_TOKEN in url or "token=" in url]
+        sockets = [url for url in self.urls if url.startswith(f"wss://127.0.0.1:{self.node.http_port}/")]
+        assert sockets and all("ticket=" in url for url in sockets)               # a single-use ticket each time
+        assert f"{self.node.url}/api/ws-ticket" in self.urls
 
     def study_in_pacs(self, name: str, description: str) -> tuple[SeriesIds, list[Path]]:
         ids = SeriesIds(series_description=description)
@@ -84,19 +97,24 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("ohif")
     orthanc = OrthancProcess(workdir / "orthanc").start()
-    ohif = OhifServer(ohif_dist(), orthanc.url).start()
-    node = NodeProcess(workdir / "node", node_config(orthanc), http__viewer_tokens=f"ohif={VIEWER_TOKEN}",
+    viewer_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)           # the hospital's nginx, in short
+    viewer_tls.load_cert_chain(pki.node.cert, pki.node.key)                     # SANs localhost, 127.0.0.1
+    ohif = OhifServer(ohif_dist(), orthanc.url, ssl_context=viewer_tls).start()
+    node = NodeProcess(workdir / "node", node_config(orthanc), ca_file=pki.ca.cert,
+                       http__https="true", tls__certificate=str(pki.node.cert), tls__private_key=str(pki.node.key),
+                       http__viewer_tokens=f"ohif={VIEWER_TOKEN}",
                        http__admin_tokens=f"admin={ADMIN_TOKEN}", http__cors_origins=ohif.url,
                        dicom__study_quiet_period_s="2")
     try:
         node.start()
-        ohif.config_js = app_config(ohif.url, f"http://127.0.0.1:{node.http_port}", VIEWER_TOKEN)
+        ohif.config_js = app_config(ohif.url, node.url, VIEWER_TOKEN)          # wsUrl wss://127.0.0.1:<port>/ws/jobs
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS,          # trusts the test CA
+                                        env=trusting(pki.ca.cert, workdir / "home"))
             yield Site(orthanc, ohif, node, browser, workdir)
             browser.close()
     finally:
@@ -146,11 +164,7 @@ def test_results_appear_in_the_open_study_without_a_reload(site: Site) -> None:
     assert page.locator(PANEL).locator("visible=true").count() == 0            # it is OHIF's list, not ours
     page.screenshot(path=str(ARTIFACTS / "ohif-seg-hydrated.png"))
     page.close()
-    segnode = f"127.0.0.1:{site.node.http_port}"
-    sockets = [url for url in site.urls if url.startswith(f"ws://{segnode}/")]
-    assert sockets and all("ticket=" in url for url in sockets)                 # a single-use ticket each time
-    assert f"http://{segnode}/api/ws-ticket" in site.urls
-    assert not [url for url in site.urls if VIEWER_TOKEN in url or "token=" in url]
+    site.assert_https_only()
 
 
 def test_a_failed_job_shows_its_reason(site: Site) -> None:
@@ -166,6 +180,7 @@ def test_a_failed_job_shows_its_reason(site: Site) -> None:
     assert thumbnail(page, "SEG").count() == 0
     page.screenshot(path=str(ARTIFACTS / "ohif-failed-job.png"))
     page.close()
+    site.assert_https_only()
 
 
 def test_a_dropped_socket_resumes_with_since_and_misses_nothing(site: Site) -> None:
@@ -190,3 +205,4 @@ def test_a_dropped_socket_resumes_with_since_and_misses_nothing(site: Site) -> N
     wait_until(lambda: thumbnail(page, "SEG").count() == 1, 10, "the SEG thumbnail")
     page.screenshot(path=str(ARTIFACTS / "ohif-after-drop.png"))
     page.close()
+    site.assert_https_only()

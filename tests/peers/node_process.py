@@ -1,10 +1,14 @@
-"""`segnode serve` as a real subprocess on free loopback ports, stopped by PID."""
+"""`segnode serve` as a real subprocess on free loopback ports, stopped by PID.
+
+With `http__https="true"` (and the `tls__` settings) the helpers talk HTTPS to the node's API, trusting
+`ca_file` (the CA that issued the node's `[tls]` certificate; none: the system's trust store)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -16,7 +20,8 @@ from tests.peers.helpers import REPO, free_port, scaled, wait_until
 
 
 class NodeProcess:
-    def __init__(self, workdir: Path, config: str | None = None, *, repo: Path = REPO, **settings: str) -> None:
+    def __init__(self, workdir: Path, config: str | None = None, *, repo: Path = REPO,
+                 ca_file: str | Path | None = None, **settings: str) -> None:
         self.workdir = workdir
         self.repo = repo                      # the checkout whose node runs (bench: another commit's worktree)
         self.config = config
@@ -32,6 +37,14 @@ class NodeProcess:
                     "SEGNODE_DICOM__MIN_FREE_DISK_MB": "1"}
         self.env.update({f"SEGNODE_{k.upper()}": v for k, v in settings.items()})
         self.proc: subprocess.Popen[bytes] | None = None
+        self.https = settings.get("http__https", "false").strip().lower() in ("true", "1", "yes", "on")
+        self.ssl_context: ssl.SSLContext | None = (
+            ssl.create_default_context(cafile=str(ca_file) if ca_file else None) if self.https else None)
+
+    @property
+    def url(self) -> str:
+        """The API's origin: http://127.0.0.1:<port>, or https:// when the node serves HTTPS."""
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout_s: float = 30) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -49,15 +62,20 @@ class NodeProcess:
                 raise AssertionError(f"segnode exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 dicom = self.get("/api/health")["dicom"]
-            except (OSError, urllib.error.URLError):
+            except urllib.error.URLError as exc:
+                if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                    raise AssertionError(f"segnode's certificate is not trusted: {exc.reason}") from None
+                return False
+            except OSError:
                 return False
             return bool(dicom["listening"])
         wait_until(ready, timeout_s, "segnode to answer /api/health", interval_s=0.1)
         return self
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", headers=headers or {})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=scaled(5)) as rsp:
+            with urllib.request.urlopen(request, timeout=scaled(5), context=self.ssl_context) as rsp:
                 return json.loads(rsp.read())
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())

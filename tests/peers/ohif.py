@@ -4,6 +4,8 @@ The package is fetched once with `npm pack` into a cache outside the repository 
 and checked against the registry's sha512. `OhifServer` serves its dist/ with a generated
 app-config.js and reverse-proxies /dicom-web/ to Orthanc on the same origin, the layout the README
 describes; Segnode stays on its own origin (cors_origins + a viewer token), the cross-origin one.
+Given an SSL context (a certificate for 127.0.0.1) it serves the viewer over HTTPS, as a hospital's
+nginx would; Orthanc behind it stays on plain HTTP on loopback, as behind `proxy_pass`.
 
     python -m tests.peers.ohif          # fetch only (what `make ohif` runs)
 """
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -86,11 +89,13 @@ def app_config(ohif_origin: str, segnode_origin: str, token: str) -> str:
 
 
 class OhifServer:
-    """dist/ + app-config.js + /dicom-web/ proxied to Orthanc, on a free loopback port, in a thread."""
+    """dist/ + app-config.js + /dicom-web/ proxied to Orthanc, on a free loopback port, in a thread
+    (HTTPS with `ssl_context`, a server context holding the viewer's certificate)."""
 
-    def __init__(self, dist: Path, orthanc_url: str) -> None:
+    def __init__(self, dist: Path, orthanc_url: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.dist = dist
         self.orthanc_url = orthanc_url
+        self.ssl_context = ssl_context
         self.config_js = ""
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -99,7 +104,7 @@ class OhifServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> OhifServer:
         self._thread.start()
@@ -120,7 +125,7 @@ class OhifServer:
         app.router.add_get("/{tail:.*}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
