@@ -1,4 +1,5 @@
-"""The node under test, started in this process: `async with running_node(tmp_path, **overrides) as node:`.
+"""The node under test, started in this process (`async with running_node(tmp_path, **overrides) as node:`),
+and the fake clock that pure parts are tested with.
 
 It lives here, beside the two packages it is neither of: tests/peers/ holds the real programs the node
 talks to (Orthanc, PostgreSQL, DCMTK, Ray, OHIF, Chromium, the node as a subprocess, a pynetdicom SCU)
@@ -26,3 +27,16 @@ async def running_node(tmp_path: Path, config: str | None = None, **env: str) ->
         yield node
     finally:
         await node.stop()
+
+
+class FakeClock:
+    """A clock the test moves: `now=clock` where the code takes one (time.monotonic by default)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s

@@ -21,6 +21,7 @@ from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess
 from tests.peers.orthanc import OrthancProcess
+from tests.peers.scu import sending
 
 PHI_NAME, PHI_ID = "Xyzzy^Plugh", "PHI-MARKER-4711"
 
@@ -124,30 +125,6 @@ def lenient_scanner_sends(port: int, datasets: list[Dataset]) -> list[Dataset]:
             assoc.release()
     finally:
         _config.VALIDATORS["UI"] = saved
-
-
-def sending(port: int, paths: list[Path], acknowledged: list[str]) -> threading.Thread:
-    """A pynetdicom scanner sending `paths` on one association, on a thread; each UID answered Success is
-    appended to `acknowledged`. It stops at the first instance after the association is gone (a connection
-    closed without an A-ABORT can leave pynetdicom waiting for its DIMSE timeout: 10 s here)."""
-    datasets = [dcmread(p) for p in paths]
-
-    def sender() -> None:
-        ae = AE(ae_title="SCANNER")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-        ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE", evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)])
-        for ds in datasets:
-            if not assoc.is_established:
-                break
-            rsp = assoc.send_c_store(ds)
-            if getattr(rsp, "Status", None) == 0:
-                acknowledged.append(ds.SOPInstanceUID)
-        if assoc.is_established:
-            assoc.release()
-    t = threading.Thread(target=sender)
-    t.start()
-    return t
 
 
 def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(start_node: Callable[..., NodeProcess],

@@ -5,23 +5,20 @@ test PKI; every answer read from DCMTK's side, every refusal from the audit trai
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage
 
 from node.security import client_context
 from node.synth.series import SeriesIds, write_series
-from node.tcp import on_conn_open
 from tests.builders.certs import Identity, TestPKI
 from tests.peers.dcmtk import echoscu, storescu, tls_flags
 from tests.peers.helpers import wait_until
 from tests.peers.node_process import NodeProcess
 from tests.peers.orthanc import OrthancProcess, TlsFiles
+from tests.peers.scu import sending
 
 PHI_NAME, PHI_ID = "Tlsname^Marker", "PHI-TLS-4242"
 
@@ -75,8 +72,7 @@ def test_a_certificate_for_another_ae_and_an_expired_one_are_refused_and_audited
     assert expired.returncode != 0
     assert "certificate has expired" in security_rows(node, "refused tls handshake")[0]["detail"]
     assert echoscu(node.tls_port, extra=as_scanner(pki.scanner, pki)).returncode == 0
-    metrics = node.get("/api/health")
-    assert metrics["dicom"]["listening"]
+    assert node.get("/api/health")["dicom"]["listening"]
 
 
 def test_kill_9_mid_transfer_over_tls_loses_nothing_acknowledged(start_node: Callable[..., NodeProcess],
@@ -84,25 +80,9 @@ def test_kill_9_mid_transfer_over_tls_loses_nothing_acknowledged(start_node: Cal
     """A pynetdicom scanner over TLS (it says which SOP instances were answered Success): kill -9 of the node
     mid-association; after a restart every acknowledged instance is in the spool and the store."""
     node = start_node(**tls_settings(pki, dicom__study_quiet_period_s="30"))
-    datasets = [dcmread(p) for p in write_series(tmp_path / "ct", slices=300, rows=64)]
     acknowledged: list[str] = []
-
-    def sender() -> None:
-        ae = AE(ae_title="SCANNER")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-        ae.add_requested_context(CTImageStorage)
-        context = client_context(str(pki.ca.cert), str(pki.scanner.cert), str(pki.scanner.key))
-        assoc = ae.associate("127.0.0.1", node.tls_port, ae_title="SEGNODE", tls_args=(context, "localhost"),
-                             evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)])
-        for ds in datasets:
-            if not assoc.is_established:
-                break
-            if getattr(assoc.send_c_store(ds), "Status", None) == 0:
-                acknowledged.append(ds.SOPInstanceUID)
-        if assoc.is_established:
-            assoc.release()
-    thread = threading.Thread(target=sender)
-    thread.start()
+    context = client_context(str(pki.ca.cert), str(pki.scanner.cert), str(pki.scanner.key))
+    thread = sending(node.tls_port, write_series(tmp_path / "ct", slices=300, rows=64), acknowledged, tls=context)
     wait_until(lambda: len(acknowledged) >= 40, 60, "40 acknowledged instances")
     assert node.kill(signal.SIGKILL) == -signal.SIGKILL
     thread.join(60)

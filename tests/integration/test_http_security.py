@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from node.app import Node
-from tests.support import running_node
+from tests.support import FakeClock, running_node
 from viewer_api.app import init_app
 from viewer_api.auth import TokenAuth
 from viewer_api.security_log import SecurityLog
@@ -22,17 +22,6 @@ from viewer_api.tickets import TicketBook
 ADMIN_TOKEN, VIEWER_TOKEN = "a" * 24, "v" * 24
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
 
 
 @pytest.fixture

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import threading
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
@@ -101,3 +104,29 @@ async def final_job(node: Node, study_instance_uid: str, timeout_s: float = 30) 
         jobs = await node.store.list_jobs(study_instance_uid=study_instance_uid)
         return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
     return await async_wait_until(ended, timeout_s, f"study {study_instance_uid[-8:]} to finish")
+
+
+def sending(port: int, paths: list[Path], acknowledged: list[str],
+            tls: ssl.SSLContext | None = None) -> threading.Thread:
+    """A pynetdicom scanner sending `paths` on one association (over TLS with `tls`, to host "localhost"), on
+    a thread; each SOP Instance UID answered Success is appended to `acknowledged`. It stops at the first
+    instance after the association is gone (a connection closed without an A-ABORT can leave pynetdicom
+    waiting for its DIMSE timeout: 10 s here)."""
+    datasets = [dcmread(p) for p in paths]
+
+    def sender() -> None:
+        ae = AE(ae_title="SCANNER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="SEGNODE", evt_handlers=[(evt.EVT_CONN_OPEN, on_conn_open)],
+                             tls_args=(tls, "localhost") if tls is not None else None)
+        for ds in datasets:
+            if not assoc.is_established:
+                break
+            if getattr(assoc.send_c_store(ds), "Status", None) == 0:
+                acknowledged.append(ds.SOPInstanceUID)
+        if assoc.is_established:
+            assoc.release()
+    thread = threading.Thread(target=sender)
+    thread.start()
+    return thread

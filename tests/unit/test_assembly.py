@@ -1,17 +1,7 @@
 import pytest
 
 from node.intake.assembly import StudyAssembler
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
+from tests.support import FakeClock
 
 
 def test_study_is_stable_only_after_the_quiet_period() -> None:

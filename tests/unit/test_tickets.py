@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import FakeClock
 from viewer_api.tickets import TicketBook, TicketRefused
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, s: float) -> None:
-        self.t += s
 
 
 def test_a_ticket_is_redeemed_once_by_its_holder_within_its_time() -> None:
