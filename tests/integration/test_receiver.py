@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import select
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import CTImageStorage
 
 from node.app import Node
 from node.intake.wire.dimse import StoreStatus
 from tests.peers.helpers import wait_until
+from tests.peers.raw_dicom import associate_rq, established, raw, read_all
 from tests.peers.scu import SCU_HANDLERS, scu, send
 from tests.support import running_node
 
@@ -32,41 +28,6 @@ async def quick_node(tmp_path: Path) -> AsyncIterator[Node]:
     """Short timeouts."""
     async with running_node(tmp_path, **TIMEOUTS) as node:
         yield node
-
-
-def associate_rq(called: str = "SEGNODE") -> bytes:
-    rq = A_ASSOCIATE()
-    rq.application_context_name = "1.2.840.10008.3.1.1.1"
-    rq.calling_ae_title, rq.called_ae_title = "RAW", called
-    context = build_context(CTImageStorage)
-    context.context_id = 1
-    rq.presentation_context_definition_list = [context]
-    length = MaximumLengthNotification()
-    length.maximum_length_received = 16384
-    rq.user_information = [length]
-    return A_ASSOCIATE_RQ(rq).encode()
-
-
-def raw(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the node sends until it closes the connection."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def established(port: int) -> socket.socket:
-    sock = raw(port)
-    sock.sendall(associate_rq())
-    assert sock.recv(1)[0] == 0x02, "A-ASSOCIATE-AC expected"
-    sock.recv(65536)
-    return sock
 
 
 async def test_artim_closes_a_connection_that_never_asks(quick_node: Node) -> None:

@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from node.tcp import set_nodelay
 logger = logging.getLogger(__name__)
 
 _NO_LIMIT = 2**31 - 1
+_LAST_WORD_S = 5.0               # after A-ASSOCIATE-RJ / A-RELEASE-RP: how long the requestor may take to close
 _CACHED_NEGOTIATIONS = 32        # distinct accepted A-ASSOCIATE-RQs (senders) whose answer is kept
 _CACHED_REQUEST_BYTES = 64 * 1024
 
@@ -81,6 +83,20 @@ class Connection:
         with self.send_lock:
             self.timeout.set(self.send_timeout_s)
             self.sock.sendall(data)
+
+    def await_peer_close(self, timeout_s: float) -> None:
+        """After the last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP) the requestor closes the connection (PS3.8 Sta13):
+        wait for that, up to `timeout_s`, instead of closing first. Closing first can make the peer's stack
+        see the connection end before its association code has read the answer (pynetdicom then reports an
+        abort instead of the rejection). On plain TCP our side is half-closed first, so a peer that reads to
+        the end sees it at once; on TLS the session stays until the peer closes."""
+        with contextlib.suppress(OSError):
+            if not isinstance(self.sock, ssl.SSLSocket):
+                self.sock.shutdown(socket.SHUT_WR)
+            self.timeout.set(timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self.sock.recv(4096):
+                pass
 
     def abort(self) -> None:
         """A-ABORT, then shut the socket: the association thread's next read ends (from any thread). On TLS the
@@ -175,6 +191,7 @@ class AssociationServer:
         if reason or assoc is None:
             logger.info("association from %s to %s rejected %s", rq.calling_ae_title, rq.called_ae_title, reason)
             conn.send(ul.reject(rq, reason))
+            conn.await_peer_close(min(s.acse_timeout_s, _LAST_WORD_S))
             return None
         try:
             conn.send(reply)
@@ -221,6 +238,7 @@ class AssociationServer:
                         conn.send(self._answer(assoc, context_id, message, lease))
                 elif pdu_type == ul.RELEASE_RQ:
                     conn.send(ul.release_reply())
+                    conn.await_peer_close(min(s.acse_timeout_s, _LAST_WORD_S))
                     return
                 elif pdu_type == ul.ABORT:
                     logger.info("association from %s aborted by the peer", assoc.calling_ae)
